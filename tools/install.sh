@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Install mmmv and the OpenMMLab stack it plugs into, on the PyTorch already installed.
+#
+#   bash tools/install.sh                 # runtime: torch, mmcv (built with ops), mmengine, mmdet, mmseg, mmpretrain, triton, mmmv
+#   bash tools/install.sh --dev           # the same plus the test tools (pytest)
+#   bash tools/install.sh --wheelhouse D  # download/build every wheel into D (run once on a machine with network)
+#   bash tools/install.sh --offline D     # install from the wheelhouse D only (air-gapped cluster)
+#
+# Environment:
+#   PYTHON            interpreter to install into (default: python3, or python if that is missing)
+#   MMMV_TORCH_SPEC   what to install when torch is missing (default: "torch"); an installed torch is never replaced
+#   MAX_JOBS          parallel compile jobs for the mmcv build (default: number of cores)
+#
+# Why the steps are what they are (docs/install.md has the long version):
+# - mmcv has no wheels for current torch, so mmcv 2.1.0 (the newest that mmdet 3.3 / mmseg 1.2 / mmpretrain 1.2 accept)
+#   is built from source with its ops. Its setup.py imports torch and pkg_resources, so it is built without build
+#   isolation against the installed torch, with setuptools < 70. pip caches the built wheel: a re-run takes seconds.
+# - mmsegmentation 1.2.2 imports ftfy and regex without declaring them.
+set -euo pipefail
+
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+TORCH_SPEC=${MMMV_TORCH_SPEC:-torch}
+MMCV_SPEC="mmcv==2.1.0"
+STACK_SPECS=("mmengine>=0.10.3,<1.0" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" "ftfy" "regex")
+BUILD_SPECS=("setuptools>=59,<70" "wheel" "ninja")
+TRITON_SPEC="triton"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+mode=install
+extras=""
+wheelhouse=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) extras="[dev]" ;;
+    --wheelhouse) mode=wheelhouse; wheelhouse=${2:?--wheelhouse needs a folder}; shift ;;
+    --offline) mode=offline; wheelhouse=${2:?--offline needs a folder}; shift ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "install.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf '[mmmv install] %s\n' "$*"; }
+pip_() { "$PYTHON" -m pip "$@"; }
+
+"$PYTHON" - <<'EOF'
+import sys
+if sys.version_info < (3, 10):
+    sys.exit(f"mmmv needs Python >= 3.10, this is {sys.version.split()[0]}")
+EOF
+
+index_args=()
+if [ "$mode" = offline ]; then
+  [ -d "$wheelhouse" ] || { echo "install.sh: wheelhouse '$wheelhouse' does not exist; build it with --wheelhouse first" >&2; exit 2; }
+  index_args=(--no-index --find-links "$wheelhouse")
+fi
+
+# 1. torch: keep what is there.
+if "$PYTHON" -c "import torch" 2>/dev/null; then
+  say "keeping torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+else
+  say "no torch found: installing '$TORCH_SPEC' (set MMMV_TORCH_SPEC to choose a build)"
+  pip_ install "${index_args[@]}" "$TORCH_SPEC"
+fi
+torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+
+if [ "$mode" = wheelhouse ]; then
+  mkdir -p "$wheelhouse"
+  say "building the wheelhouse in $wheelhouse (torch $torch_version)"
+  pip_ install "${BUILD_SPECS[@]}"
+  pip_ download -d "$wheelhouse" "${BUILD_SPECS[@]}" "${STACK_SPECS[@]}" "pytest" "$TORCH_SPEC"
+  pip_ download -d "$wheelhouse" "$TRITON_SPEC" || say "triton has no wheel for this platform: skipped"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_ wheel --no-build-isolation --no-deps -w "$wheelhouse" "$MMCV_SPEC"
+  pip_ download -d "$wheelhouse" "$MMCV_SPEC" --no-deps --no-binary mmcv 2>/dev/null || true
+  # mmcv's own runtime requirements
+  pip_ download -d "$wheelhouse" addict "numpy" packaging Pillow pyyaml yapf opencv-python
+  pip_ wheel --no-deps -w "$wheelhouse" "$HERE"
+  say "done: copy $wheelhouse to the cluster and run 'bash tools/install.sh --offline $wheelhouse'"
+  say "(the mmcv wheel is built for torch $torch_version: install that torch there, or keep the one the wheelhouse holds)"
+  exit 0
+fi
+
+# 2. build tools for mmcv (its setup.py needs pkg_resources, gone from setuptools >= 70).
+pip_ install "${index_args[@]}" "${BUILD_SPECS[@]}"
+
+# 3. mmcv with ops, built against this torch unless a working one is already installed.
+if "$PYTHON" -c "import mmcv, mmcv.ops; assert mmcv.__version__.startswith('2.1.')" 2>/dev/null; then
+  say "keeping mmcv $("$PYTHON" -c 'import mmcv; print(mmcv.__version__)') with ops"
+else
+  say "building $MMCV_SPEC with ops against torch $torch_version (about 10 minutes on 2 cores, cached afterwards)"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_ install "${index_args[@]}" --no-build-isolation "$MMCV_SPEC"
+fi
+
+# 4. the toolboxes, their undeclared imports, triton where it installs, and mmmv itself.
+pip_ install "${index_args[@]}" "${STACK_SPECS[@]}"
+pip_ install "${index_args[@]}" "$TRITON_SPEC" || say "triton does not install here: mmmv will use its torch backend"
+pip_ install "${index_args[@]}" --no-build-isolation -e "$HERE$extras"
+
+"$PYTHON" - <<'EOF'
+import importlib
+rows = []
+for name in ("torch", "mmengine", "mmcv", "mmdet", "mmseg", "mmpretrain", "triton", "mmmv"):
+    try:
+        rows.append((name, importlib.import_module(name).__version__))
+    except ImportError as e:
+        rows.append((name, f"not installed ({e})"))
+import mmcv.ops  # noqa: F401  (fails loudly if the ops were not built)
+print("[mmmv install] installed:")
+for name, version in rows:
+    print(f"    {name:<11} {version}")
+EOF
