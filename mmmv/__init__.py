@@ -1,3 +1,18 @@
+"""mmmv: Mamba-based vision backbones for the OpenMMLab toolboxes.
+
+``import mmmv`` (or ``custom_imports=dict(imports=['mmmv'])`` in a config) registers the models in mmengine's registry
+and makes mmengine's checkpoint loading work, safely, on torch >= 2.6. Neither needs more than mmengine; without
+mmengine the plain-PyTorch models and ops are still usable.
+"""
+import importlib.util
+
+from .ops import selective_scan
 from .version import __version__
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'selective_scan']
+
+if importlib.util.find_spec('mmengine') is not None:
+    from . import registry  # noqa: F401
+    from .checkpoint.safe_load import patch_mmengine
+
+    patch_mmengine()

@@ -1,0 +1,168 @@
+"""The ``tools/train.py`` / ``tools/test.py`` command lines: mmdetection 3.3's CLI for every toolbox.
+
+The toolbox is told by the config's ``default_scope`` ('mmdet', 'mmseg' or 'mmpretrain'); the only toolbox-specific
+parts are how predictions are drawn (``--show``, ``--show-dir``) and dumped (``--out``).
+"""
+import argparse
+import os
+import os.path as osp
+
+TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='the folder for logs and checkpoints (default: ./work_dirs/CONFIG_NAME)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=_dict_action(),
+        help='override config entries, e.g. train_dataloader.batch_size=4 "model.backbone.arch=\'S\'"')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (tools/dist_train.sh uses pytorch, tools/slurm_train.sh slurm)')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _dict_action():
+    from mmengine.config import DictAction
+    return DictAction
+
+
+def parse_train_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a model from an OpenMMLab config (mmdet, mmseg, mmpretrain)')
+    parser.add_argument('config', help='config file, e.g. configs/mask_rcnn_mambavision_t.py')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training (AmpOptimWrapper)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by the real batch size / auto_scale_lr.base_batch_size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or from the latest checkpoint in the work dir if no path is given')
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def parse_test_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a checkpoint with an OpenMMLab config')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (loaded safely: no code in it runs)')
+    parser.add_argument('--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save pictures of the predictions under WORK_DIR/TIMESTAMP/SHOW_DIR')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown picture stays up')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (needs tta_model/tta_pipeline)')
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(args: argparse.Namespace):
+    """Read the config, apply the CLI options and pick the work dir; fails clearly on a config of no toolbox."""
+    import mmmv  # noqa: F401  (registers mmmv's models, makes mmengine's checkpoint loading safe on torch >= 2.6)
+    from mmengine.config import Config
+
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file {args.config!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in TOOLBOXES:
+        raise ValueError(f'{args.config}: default_scope is {scope!r}; tools/train.py and tools/test.py need one of '
+                         f'{TOOLBOXES}. Inherit a toolbox base such as "mmdet::_base_/default_runtime.py".')
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def _apply_train_options(cfg, args) -> None:
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            print('[mmmv] AMP is already enabled in the config')
+        elif wrapper != 'OptimWrapper':
+            raise ValueError(f'--amp needs optim_wrapper.type "OptimWrapper" or "AmpOptimWrapper", got {wrapper!r}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(f'--resume: checkpoint {args.resume!r} does not exist')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+
+def _apply_show_options(cfg, args) -> None:
+    """Turn on the toolbox's visualisation hook for --show / --show-dir."""
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise ValueError('--show/--show-dir need a "visualization" entry in default_hooks (the toolbox\'s '
+                         'default_runtime.py has one)')
+    hook = hooks.visualization
+    scope = cfg.default_scope
+    if scope == 'mmpretrain':
+        hook.enable = True
+        if args.show_dir:
+            hook.out_dir = args.show_dir
+    else:
+        hook.draw = True
+        if args.show_dir and scope == 'mmdet':
+            hook.test_out_dir = args.show_dir
+        elif args.show_dir:  # mmseg writes through the visualizer's save_dir
+            cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
+    if args.show:
+        hook.show = True
+        hook.wait_time = args.wait_time
+
+
+def _apply_tta(cfg) -> None:
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    for loader in ('test_dataloader',):
+        dataset = cfg[loader].dataset
+        while 'dataset' in dataset:
+            dataset = dataset.dataset
+        dataset.pipeline = cfg.tta_pipeline
+
+
+def _dump_metric(scope: str, out: str):
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must end with .pkl or .pickle, got {out!r}')
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        return DumpDetResults(out_file_path=out)
+    from mmengine.evaluator import DumpResults
+    return DumpResults(out_file_path=out)
+
+
+def build_runner(args: argparse.Namespace, mode: str):
+    """The mmengine Runner for ``mode`` 'train' or 'test', configured from the command line."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    cfg = load_config(args)
+    if mode == 'train':
+        _apply_train_options(cfg, args)
+    else:
+        if not osp.isfile(args.checkpoint):
+            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+        cfg.load_from = args.checkpoint
+        if args.show or args.show_dir:
+            _apply_show_options(cfg, args)
+        if args.tta:
+            _apply_tta(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if mode == 'test' and args.out:
+        runner.test_evaluator.metrics.append(_dump_metric(cfg.default_scope, args.out))
+    return runner
