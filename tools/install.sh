@@ -21,7 +21,9 @@ set -euo pipefail
 PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 TORCH_SPEC=${MMMV_TORCH_SPEC:-torch}
 MMCV_SPEC="mmcv==2.1.0"
-STACK_SPECS=("mmengine>=0.10.3,<1.0" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" "ftfy" "regex")
+# torch >= 2.6 requires setuptools >= 77; mmengine still imports pkg_resources at run time, gone from setuptools 81.
+RUNTIME_SETUPTOOLS="setuptools>=77.0.3,<81"
+STACK_SPECS=("$RUNTIME_SETUPTOOLS" "mmengine>=0.10.3,<1.0" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" "ftfy" "regex")
 BUILD_SPECS=("setuptools>=59,<70" "wheel" "ninja")
 TRITON_SPEC="triton"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,13 +82,12 @@ if [ "$mode" = wheelhouse ]; then
   exit 0
 fi
 
-# 2. build tools for mmcv (its setup.py needs pkg_resources, gone from setuptools >= 70).
-pip_ install "${index_args[@]}" "${BUILD_SPECS[@]}"
-
-# 3. mmcv with ops, built against this torch unless a working one is already installed.
+# 2-3. mmcv with ops, built against this torch unless a working one is already installed. Its setup.py breaks with
+# setuptools >= 70: build with an older one, step 4 moves setuptools back to what torch and mmengine need.
 if "$PYTHON" -c "import mmcv, mmcv.ops; assert mmcv.__version__.startswith('2.1.')" 2>/dev/null; then
   say "keeping mmcv $("$PYTHON" -c 'import mmcv; print(mmcv.__version__)') with ops"
 else
+  pip_ install "${index_args[@]}" "${BUILD_SPECS[@]}"
   say "building $MMCV_SPEC with ops against torch $torch_version (about 10 minutes on 2 cores, cached afterwards)"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_ install "${index_args[@]}" --no-build-isolation "$MMCV_SPEC"
 fi
@@ -94,7 +95,26 @@ fi
 # 4. the toolboxes, their undeclared imports, triton where it installs, and mmmv itself.
 pip_ install "${index_args[@]}" "${STACK_SPECS[@]}"
 pip_ install "${index_args[@]}" "$TRITON_SPEC" || say "triton does not install here: mmmv will use its torch backend"
+# mmpretrain imports torchvision without declaring it. Install the release paired with this torch (--no-deps: never
+# let it replace torch). PyPI's Linux torchvision wheels are CUDA builds: with a CPU-only torch they do not import,
+# so there it is removed again and mmpretrain (classification) is reported unavailable; mmdet and mmseg do not need it.
+if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
+  tv_spec=$("$PYTHON" -c 'import torch; major, minor = torch.__version__.split(".")[:2]; print(f"torchvision==0.{int(minor) + 15}.*" if major == "2" else "torchvision")')
+  say "installing $tv_spec for mmpretrain"
+  pip_ install "${index_args[@]}" --no-deps "$tv_spec" || true
+  if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
+    pip_ uninstall -y torchvision >/dev/null 2>&1 || true
+    say "WARNING: no torchvision that works with torch $torch_version could be installed (PyPI has CUDA builds only)."
+    say "         mmdet and mmseg work; mmpretrain (classification configs) needs torchvision: install a build"
+    say "         matching your torch from your PyTorch index."
+  fi
+fi
 pip_ install "${index_args[@]}" --no-build-isolation -e "$HERE$extras"
+if [ -n "$extras" ]; then
+  # The official model, for the parity tests only. --no-deps: its pins would pull mamba_ssm (a CUDA build) and
+  # torchvision; the tests run it with shims for both (tests/helpers/run_official_mambavision.py).
+  pip_ install "${index_args[@]}" --no-deps "mambavision==1.2.0" "timm==1.0.15" "einops"
+fi
 
 "$PYTHON" - <<'EOF'
 import importlib

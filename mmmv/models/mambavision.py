@@ -364,7 +364,7 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
         if missing or unknown:
             raise ValueError(f'MambaVision: a custom arch dict needs the keys {list(ARCH_KEYS[:5])} (optional: '
                              f'drop_path_rate, layer_scale); missing {missing}, unknown {unknown}')
-        settings = dict(drop_path_rate=0.2, layer_scale=None, **arch)
+        settings = {'drop_path_rate': 0.2, 'layer_scale': None, **arch}
         for key in ('depths', 'num_heads', 'window_size'):
             if len(settings[key]) != NUM_STAGES:
                 raise ValueError(f'MambaVision: arch[{key!r}] needs {NUM_STAGES} values, got {settings[key]}')
