@@ -34,7 +34,7 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['mmmv', 'mmmv.*']),
     include_package_data=True,
-    install_requires=['torch>=2.1', 'numpy', 'pillow'],
+    install_requires=['torch>=2.5', 'numpy', 'pillow'],
     extras_require=EXTRAS,
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -146,3 +146,17 @@ def test_mismatched_checkpoint_raises_with_the_key_lists(classifier, tmp_path):
         load_pretrained(model, dict(type='Pretrained', checkpoint=str(path), prefix='neck.'))
     with pytest.raises(ValueError, match='unknown init_cfg keys'):
         load_pretrained(model, dict(type='Pretrained', checkpoint=str(path), prefx='backbone.'))
+
+
+def test_backbone_without_last_stages_loads_a_full_checkpoint(classifier, tmp_path):
+    """out_indices=(0, 1, 2) builds three stages; the fourth stage's keys are reported as ignored, not unexpected."""
+    path = tmp_path / 'cls.pth'
+    torch.save(dict(state_dict=classifier.state_dict()), path)
+    model = MambaVision(ARCH, out_indices=(0, 1, 2))
+    assert len(model.stages) == 3 and model.stages[2].downsample is None
+    report = load_pretrained(model, dict(type='Pretrained', checkpoint=str(path), prefix='backbone.'))
+    assert not report['missing'] and not report['unexpected']
+    assert 'stages.3.blocks.0.mixer.A_log' in report['ignored'] and 'norm.running_mean' in report['ignored']
+    assert 'stages.2.downsample.conv.weight' in report['ignored']
+    with pytest.raises(ValueError, match='final_norm'):
+        MambaVision(ARCH, out_indices=(2,), final_norm=True)

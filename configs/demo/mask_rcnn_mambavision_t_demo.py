@@ -10,12 +10,18 @@ classes = ('circle', 'square', 'triangle')  # mmmv.datasets.DEMO_CLASSES
 metainfo = dict(classes=classes, palette=[(220, 20, 60), (0, 130, 230), (250, 170, 30)])
 image_size = (128, 128)
 
+neck_channels = 128  # a lighter FPN and heads than COCO's 256: this runs on a laptop CPU
 model = dict(
     # no pretrained weights offline: train from scratch; windows that cover the 8x8 and 4x4 maps exactly
     backbone=dict(window_size=(8, 8, 8, 4), drop_path_rate=0.1, init_cfg=None),
-    rpn_head=dict(anchor_generator=dict(scales=[4])),
-    roi_head=dict(bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    neck=dict(out_channels=neck_channels),
+    rpn_head=dict(in_channels=neck_channels, feat_channels=neck_channels, anchor_generator=dict(scales=[4])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=neck_channels),
+        bbox_head=dict(in_channels=neck_channels, fc_out_channels=512, num_classes=len(classes)),
+        mask_roi_extractor=dict(out_channels=neck_channels),
+        mask_head=dict(in_channels=neck_channels, conv_out_channels=neck_channels, num_classes=len(classes))),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
 
 train_pipeline = [

@@ -23,7 +23,15 @@ import torch.nn as nn
 
 from .safe_load import safe_load
 
-logger = logging.getLogger('mmmv')
+
+
+def _logger() -> logging.Logger:
+    """mmengine's current logger inside a run (so messages reach the work-dir log), else the 'mmmv' logger."""
+    try:
+        from mmengine.logging import MMLogger
+    except ImportError:
+        return logging.getLogger('mmmv')
+    return MMLogger.get_current_instance()
 
 _BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
 _LN = r'(weight|bias)'
@@ -146,9 +154,13 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model: the message lists the missing, unexpected and mis-shaped keys."""
 
 
-def _classifier_only(key: str, model: nn.Module) -> bool:
-    """Keys a classification checkpoint carries that a dense-prediction backbone legitimately lacks."""
-    return key.startswith('norm.') and getattr(model, 'norm', None) is None
+def _not_built(key: str, model: nn.Module) -> bool:
+    """Keys of a full checkpoint that the model legitimately lacks: the classifier's final BatchNorm in a
+    dense-prediction backbone, and stages after its last output."""
+    if key.startswith('norm.') and getattr(model, 'norm', None) is None:
+        return True
+    skipped = model.skipped_state_prefixes() if hasattr(model, 'skipped_state_prefixes') else []
+    return any(key.startswith(prefix) for prefix in skipped)
 
 
 def _output_norm(key: str) -> bool:
@@ -186,9 +198,9 @@ def load_pretrained(model: nn.Module, init_cfg: Mapping) -> Dict[str, List[str]]
     if detect_layout(state_dict) != 'mmmv':
         state_dict, unmapped = convert_official(state_dict)
         if unmapped:
-            logger.warning('%s: %d keys of %s have no mmmv counterpart and were skipped: %s', type(model).__name__,
+            _logger().warning('%s: %d keys of %s have no mmmv counterpart and were skipped: %s', type(model).__name__,
                            len(unmapped), path, unmapped)
-        logger.info('converted official MambaVision weights from %s on the fly', path)
+        _logger().info('converted official MambaVision weights from %s on the fly', path)
         prefix = 'backbone.' if prefix is None else prefix
     if prefix:
         selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
@@ -198,7 +210,7 @@ def load_pretrained(model: nn.Module, init_cfg: Mapping) -> Dict[str, List[str]]
         state_dict = selected
 
     own = model.state_dict()
-    ignored = [k for k in state_dict if k not in own and _classifier_only(k, model)]
+    ignored = [k for k in state_dict if k not in own and _not_built(k, model)]
     unexpected = [k for k in state_dict if k not in own and k not in ignored]
     missing_all = [k for k in own if k not in state_dict]
     left_at_init = [k for k in missing_all if _output_norm(k)]
@@ -215,12 +227,12 @@ def load_pretrained(model: nn.Module, init_cfg: Mapping) -> Dict[str, List[str]]
             + '\nCheck that arch matches the checkpoint, that prefix is right (e.g. "backbone."), or pass '
               'strict=False in init_cfg to load what fits.')
     if problems:
-        logger.warning('%s: loaded %s with strict=False; %s', type(model).__name__, path, '; '.join(problems))
+        _logger().warning('%s: loaded %s with strict=False; %s', type(model).__name__, path, '; '.join(problems))
     loadable = OrderedDict((k, v) for k, v in state_dict.items()
                            if k in own and v.shape == own[k].shape)
     model.load_state_dict(loadable, strict=False)
     if ignored:
-        logger.info('%s: ignored classifier-only keys of %s: %s', type(model).__name__, path, ignored)
+        _logger().info('%s: ignored keys of %s for parts it does not build: %s', type(model).__name__, path, ignored)
     if left_at_init:
-        logger.info('%s: %s not in %s, left at their initialisation', type(model).__name__, left_at_init, path)
+        _logger().info('%s: %s not in %s, left at their initialisation', type(model).__name__, left_at_init, path)
     return report

@@ -146,12 +146,34 @@ def _dump_metric(scope: str, out: str):
     return DumpResults(out_file_path=out)
 
 
+def _setup_cpu_distributed(cfg) -> None:
+    """Many CPU processes (torchrun without CUDA, e.g. CI): gloo, and DDP without device ids.
+
+    mmengine 0.10 assumes CUDA for ``--launcher pytorch`` (it calls ``torch.cuda.set_device`` and defaults to NCCL).
+    The Runner does not initialise a process group that already exists, so one is created here with gloo.
+    """
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'--launcher {cfg.launcher} needs CUDA; on CPU use --launcher pytorch (tools/dist_train.sh)')
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                                                    find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+
+
 def build_runner(args: argparse.Namespace, mode: str):
     """The mmengine Runner for ``mode`` 'train' or 'test', configured from the command line."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     cfg = load_config(args)
+    _setup_cpu_distributed(cfg)
     if mode == 'train':
         _apply_train_options(cfg, args)
     else:

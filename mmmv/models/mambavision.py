@@ -452,14 +452,20 @@ class MambaVision(nn.Module):
         self.norm_eval = norm_eval
         self.init_cfg = init_cfg
 
+        if final_norm and self.out_indices[-1] != self.num_stages - 1:
+            raise ValueError('MambaVision: final_norm normalises the last stage, which out_indices '
+                             f'{tuple(out_indices)} does not return')
+
         self.patch_embed = Stem(in_channels, settings['in_dim'], settings['dim'])
+        # Stages after the last returned one are not built (they would be unused parameters under DDP).
+        num_built = self.out_indices[-1] + 1
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
-        for i, depth in enumerate(depths):
+        for i, depth in enumerate(depths[:num_built]):
             start = sum(depths[:i])
             self.stages.append(MambaVisionStage(
                 dim=self.dims[i], depth=depth, num_heads=settings['num_heads'][i], window_size=windows[i],
-                conv=i < CONV_STAGES, downsample=i < self.num_stages - 1, drop_path=dpr[start:start + depth],
+                conv=i < CONV_STAGES, downsample=i < num_built - 1, drop_path=dpr[start:start + depth],
                 drop=drop_rate, attn_drop=attn_drop_rate, layer_scale=layer_scale, with_cp=with_cp))
         self.norm = nn.BatchNorm2d(self.dims[-1]) if final_norm else None
         for i in self.out_indices:
@@ -484,7 +490,6 @@ class MambaVision(nn.Module):
             raise ValueError(f'MambaVision expects an NCHW batch, got a tensor of shape {tuple(x.shape)}')
         x = self.patch_embed(x)
         outs = []
-        last = max(self.out_indices)
         for i, stage in enumerate(self.stages):
             out, x = stage(x)
             if i == self.num_stages - 1 and self.norm is not None:
@@ -492,16 +497,19 @@ class MambaVision(nn.Module):
             if i in self.out_indices:
                 norm = getattr(self, f'norm{i}', None)
                 outs.append((norm(out) if norm is not None else out).contiguous())
-            if i == last:
-                break
         return tuple(outs)
+
+    def skipped_state_prefixes(self) -> List[str]:
+        """State-dict prefixes of a full model that this one does not build (stages after the last output)."""
+        built = len(self.stages)
+        return [f'stages.{built - 1}.downsample.'] + [f'stages.{i}.' for i in range(built, self.num_stages)]
 
     # -- training-mode behaviour ----------------------------------------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
         modules = [self.patch_embed]
-        for i in range(self.frozen_stages):
+        for i in range(min(self.frozen_stages, len(self.stages))):
             modules.append(self.stages[i])
             if hasattr(self, f'norm{i}'):
                 modules.append(getattr(self, f'norm{i}'))
