@@ -22,7 +22,7 @@ model = dict(
         arch='T',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
-        # windows of the official detection recipe: stages 3-4 attend over (almost) the whole map at 1333 x 800
+        # windows of the official detection recipe: at 1333 x 800 the stride-16/32 maps fit in one (zero-padded) window
         window_size=(8, 8, 112, 56),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[80, 160, 320, 640]))

@@ -3,8 +3,8 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show] [--show-dir DIR]
                          [--wait-time S] [--tta] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
-``--show-dir`` saves pictures of the predictions (boxes and masks, segmentation maps or class labels) under
-``WORK_DIR/TIMESTAMP/SHOW_DIR``. The checkpoint is read through mmmv's safe loader: no code in it runs.
+``--show-dir`` saves pictures of the predictions (boxes and masks, segmentation maps or class labels): mmdet under
+``WORK_DIR/TIMESTAMP/SHOW_DIR``, mmseg under ``WORK_DIR/SHOW_DIR``, mmpretrain under ``SHOW_DIR``. The checkpoint is read through mmmv's safe loader: no code in it runs.
 """
 import os
 import sys

@@ -46,7 +46,7 @@ def parse_test_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file (loaded safely: no code in it runs)')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
-    parser.add_argument('--show-dir', help='save pictures of the predictions under WORK_DIR/TIMESTAMP/SHOW_DIR')
+    parser.add_argument('--show-dir', help='save pictures of the predictions (mmdet: WORK_DIR/TIMESTAMP/SHOW_DIR)')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown picture stays up')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (needs tta_model/tta_pipeline)')
     _common_args(parser)
