@@ -1,0 +1,144 @@
+"""The public selective-scan op: argument checks and backend dispatch."""
+import os
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from ...version import __version__
+from .torch_backend import selective_scan_torch
+
+ENV_BACKEND = 'MMMV_SCAN_BACKEND'
+AUTO = 'auto'
+# name -> implementation with the signature of `selective_scan` minus `backend`.
+BACKENDS: Dict[str, Callable] = {'torch': selective_scan_torch}
+# Backends announced for a later release: asking for one says so instead of "unknown".
+PLANNED_BACKENDS = ('triton', )
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_PREFIX = 'selective_scan: '
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: Optional[str] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Selective scan (Mamba S6) with the semantics of mamba_ssm's ``selective_scan_fn``.
+
+    For every batch element and channel, with the state h (N,) starting at zero::
+
+        dt_t = softplus(delta_t + delta_bias)        (softplus only if delta_softplus)
+        h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+        y_t  = sum_n C_t * h_t + D * u_t
+        y_t  = y_t * silu(z_t)                       (only if z is given)
+
+    The math runs in float32 (float64 when u is float64) whatever the input dtypes; gradients
+    come back in each input's dtype. Inputs may be non-contiguous views. `selective_scan_ref` is the
+    specification.
+
+    Args:
+        u: (batch, D, L) input; float16, bfloat16, float32 or float64.
+        delta: (batch, D, L) time step, before bias and softplus.
+        A: (D, N) real state matrix (one diagonal per channel), usually float32.
+        B: (batch, N, L) shared by all channels, or (batch, G, N, L) grouped: channel d uses group
+            d // (D // G); G must divide D.
+        C: (batch, N, L) or (batch, G, N, L), like B (its sharing or G may differ from B's).
+        D: (D,) skip connection, optional.
+        z: (batch, D, L) gate, optional.
+        delta_bias: (D,) added to delta, optional.
+        delta_softplus: apply softplus to delta after the bias.
+        return_last_state: also return the state after the last token.
+        backend: 'torch' (vectorised PyTorch, any device), or None / 'auto' for the best available one.
+            When None, the environment variable ``MMMV_SCAN_BACKEND`` (torch, triton or auto) may force
+            the choice. This release has only 'torch'; 'triton' is planned.
+
+    Returns:
+        y (batch, D, L) in u's dtype; with ``return_last_state`` the tuple (y, last_state) where
+        last_state is (batch, D, N) float32 (float64 when u is float64) and differentiable.
+
+    Raises:
+        TypeError: an input is not a tensor, is complex or has an unsupported dtype.
+        ValueError: shapes or devices do not match, or the backend is unknown or not available.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    implementation = BACKENDS[_resolve_backend(backend)]
+    return implementation(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          return_last_state=return_last_state)
+
+
+def _resolve_backend(backend: Optional[str]) -> str:
+    """The backend name for `backend`, falling back on $MMMV_SCAN_BACKEND and then on 'auto'."""
+    source = 'backend'
+    if backend is None:
+        backend, source = os.environ.get(ENV_BACKEND, '').strip().lower() or AUTO, f'${ENV_BACKEND}'
+    if not isinstance(backend, str):
+        raise TypeError(f'{_PREFIX}backend must be a string or None, got {type(backend).__name__}')
+    if backend == AUTO:
+        return 'torch'  # the only backend of this release
+    if backend in BACKENDS:
+        return backend
+    if backend in PLANNED_BACKENDS:
+        raise ValueError(f"{_PREFIX}backend {backend!r} (from {source}) is not available in mmmv {__version__}; "
+                         "use backend='torch'")
+    valid = ', '.join(repr(name) for name in (*BACKENDS, AUTO))
+    raise ValueError(f'{_PREFIX}unknown backend {backend!r} (from {source}); valid names: {valid} or None')
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise a TypeError / ValueError naming the argument, the expected and the received shape."""
+    required = dict(u=u, delta=delta, A=A, B=B, C=C)
+    optional = dict(D=D, z=z, delta_bias=delta_bias)
+    for name, tensor in {**required, **optional}.items():
+        if tensor is None and name in optional:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f'{_PREFIX}{name} must be a torch.Tensor, got {type(tensor).__name__}')
+        if tensor.is_complex():
+            raise TypeError(f'{_PREFIX}{name} must be real, got complex dtype {tensor.dtype} '
+                            '(complex A, B, C are not supported)')
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f'{_PREFIX}{name} has unsupported dtype {tensor.dtype}; '
+                            f'expected one of {", ".join(map(str, SUPPORTED_DTYPES))}')
+        if tensor.device != u.device:
+            raise ValueError(f'{_PREFIX}{name} is on {tensor.device} but u is on {u.device}; '
+                             'all inputs must be on one device')
+
+    if u.dim() != 3:
+        raise ValueError(f'{_PREFIX}u must have shape (batch, D, L), got {tuple(u.shape)}')
+    batch, dim, length = u.shape
+    _check_shape('delta', delta, '(batch, D, L)', (batch, dim, length))
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f'{_PREFIX}A must have shape (D, N) = ({dim}, N), got {tuple(A.shape)}')
+    state_size = A.shape[1]
+    _check_groups('B', B, batch, dim, state_size, length)
+    _check_groups('C', C, batch, dim, state_size, length)
+    _check_shape('D', D, '(D,)', (dim, ))
+    _check_shape('delta_bias', delta_bias, '(D,)', (dim, ))
+    _check_shape('z', z, '(batch, D, L)', (batch, dim, length))
+
+
+def _check_shape(name: str, tensor: Optional[torch.Tensor], names: str, expected: Tuple[int, ...]) -> None:
+    if tensor is not None and tuple(tensor.shape) != expected:
+        raise ValueError(f'{_PREFIX}{name} must have shape {names} = {expected}, got {tuple(tensor.shape)}')
+
+
+def _check_groups(name: str, tensor: torch.Tensor, batch: int, dim: int, state_size: int, length: int) -> None:
+    """B or C: shared (batch, N, L) or grouped (batch, G, N, L) with G dividing D."""
+    shape = tuple(tensor.shape)
+    if shape == (batch, state_size, length):
+        return
+    if len(shape) == 4 and shape[0] == batch and shape[2:] == (state_size, length):
+        if shape[1] > 0 and dim % shape[1] == 0:
+            return
+        raise ValueError(f'{_PREFIX}{name} has G = {shape[1]} groups, which does not divide D = {dim} channels '
+                         f'(shape {shape})')
+    raise ValueError(f'{_PREFIX}{name} must have shape (batch, N, L) = {(batch, state_size, length)} or '
+                     f'(batch, G, N, L) = ({batch}, G, {state_size}, {length}) with G dividing D = {dim}, '
+                     f'got {shape}')
