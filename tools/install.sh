@@ -44,6 +44,10 @@ done
 
 say() { printf '[mmmv install] %s\n' "$*"; }
 pip_() { "$PYTHON" -m pip "$@"; }
+# the torchvision release paired with the installed torch 2.x (0.x with x = minor + 15)
+torchvision_spec() {
+  "$PYTHON" -c 'import torch; major, minor = torch.__version__.split(".")[:2]; print(f"torchvision==0.{int(minor) + 15}.*" if major == "2" else "torchvision")'
+}
 
 "$PYTHON" - <<'EOF'
 import sys
@@ -72,6 +76,9 @@ if [ "$mode" = wheelhouse ]; then
   pip_ install "${BUILD_SPECS[@]}"
   pip_ download -d "$wheelhouse" "${BUILD_SPECS[@]}" "${STACK_SPECS[@]}" "pytest" "$TORCH_SPEC"
   pip_ download -d "$wheelhouse" "$TRITON_SPEC" || say "triton has no wheel for this platform: skipped"
+  pip_ download -d "$wheelhouse" --no-deps "mambavision==1.2.0" "timm==1.0.15" "einops" "safetensors" "pytest-timeout"
+  pip_ download -d "$wheelhouse" --no-deps "$(torchvision_spec)" \
+    || say "no torchvision wheel for this torch: mmpretrain will be unavailable offline"
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_ wheel --no-build-isolation --no-deps -w "$wheelhouse" "$MMCV_SPEC"
   pip_ download -d "$wheelhouse" "$MMCV_SPEC" --no-deps --no-binary mmcv 2>/dev/null || true
   # mmcv's own runtime requirements
@@ -99,7 +106,7 @@ pip_ install "${index_args[@]}" "$TRITON_SPEC" || say "triton does not install h
 # let it replace torch). PyPI's Linux torchvision wheels are CUDA builds: with a CPU-only torch they do not import,
 # so there it is removed again and mmpretrain (classification) is reported unavailable; mmdet and mmseg do not need it.
 if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
-  tv_spec=$("$PYTHON" -c 'import torch; major, minor = torch.__version__.split(".")[:2]; print(f"torchvision==0.{int(minor) + 15}.*" if major == "2" else "torchvision")')
+  tv_spec=$(torchvision_spec)
   say "installing $tv_spec for mmpretrain"
   pip_ install "${index_args[@]}" --no-deps "$tv_spec" || true
   if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
