@@ -74,7 +74,9 @@ if [ "$mode" = wheelhouse ]; then
   mkdir -p "$wheelhouse"
   say "building the wheelhouse in $wheelhouse (torch $torch_version)"
   pip_ install "${BUILD_SPECS[@]}"
-  pip_ download -d "$wheelhouse" "${BUILD_SPECS[@]}" "${STACK_SPECS[@]}" "pytest" "$TORCH_SPEC"
+  # two resolutions: the build pins setuptools < 70, the runtime needs >= 77
+  pip_ download -d "$wheelhouse" "${BUILD_SPECS[@]}"
+  pip_ download -d "$wheelhouse" "${STACK_SPECS[@]}" "pytest" "torch==${torch_version%%+*}"
   pip_ download -d "$wheelhouse" "$TRITON_SPEC" || say "triton has no wheel for this platform: skipped"
   pip_ download -d "$wheelhouse" --no-deps "mambavision==1.2.0" "timm==1.0.15" "einops" "safetensors" "pytest-timeout"
   pip_ download -d "$wheelhouse" --no-deps "$(torchvision_spec)" \
