@@ -21,6 +21,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ..ops import selective_scan
+from ..ops.selective_scan import scan_backend as use_scan_backend
+from ..ops.selective_scan.interface import check_backend_name
 
 # Normalisation constants of the official model.
 STEM_BN_EPS = 1e-4
@@ -410,6 +412,9 @@ class MambaVision(nn.Module):
             norms and downsampling).
         norm_eval: keep every BatchNorm in eval mode during training.
         with_cp: gradient checkpointing per block (saves memory, costs one extra forward).
+        scan_backend: selective-scan backend of the mixers: ``None`` (default: Triton for CUDA tensors when
+            triton imports, else the torch backend; ``MMMV_SCAN_BACKEND`` may force one), ``'triton'``, ``'torch'``
+            or ``'auto'``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.', strict=True)`` loads weights (mmmv or
             official layout) in :meth:`init_weights`; ``None`` uses the official random initialisation.
     """
@@ -428,11 +433,13 @@ class MambaVision(nn.Module):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 scan_backend: Optional[str] = None,
                  init_cfg: Optional[dict] = None,
                  **unknown):
         if unknown:
             raise TypeError(_unknown_keys_message(type(self).__name__, unknown, MambaVision.__init__))
         super().__init__()
+        self.scan_backend = None if scan_backend is None else check_backend_name(scan_backend, 'MambaVision')
         settings = resolve_arch(arch)
         self.arch_settings = settings
         depths = tuple(settings['depths'])
@@ -491,7 +498,8 @@ class MambaVision(nn.Module):
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            out, x = stage(x)
+            with use_scan_backend(self.scan_backend):
+                out, x = stage(x)
             if i == self.num_stages - 1 and self.norm is not None:
                 out = self.norm(out)
             if i in self.out_indices:

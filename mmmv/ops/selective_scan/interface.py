@@ -1,20 +1,101 @@
-"""The public selective-scan op: argument checks and backend dispatch."""
+"""The public selective-scan op: argument checks and backend dispatch.
+
+The backend of a call is, in order: the `backend` argument; the innermost `scan_backend(...)` context (or
+`set_scan_backend`, which configs reach through the models' ``scan_backend`` option); the environment variable
+``MMMV_SCAN_BACKEND``; else 'auto', which picks Triton for CUDA tensors when triton imports and the torch backend
+otherwise.
+"""
+import contextlib
+import functools
+import importlib.util
+import logging
 import os
-from typing import Callable, Dict, Optional, Tuple, Union
+import threading
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
-from ...version import __version__
 from .torch_backend import selective_scan_torch
 
 ENV_BACKEND = 'MMMV_SCAN_BACKEND'
 AUTO = 'auto'
-# name -> implementation with the signature of `selective_scan` minus `backend`.
-BACKENDS: Dict[str, Callable] = {'torch': selective_scan_torch}
-# Backends announced for a later release: asking for one says so instead of "unknown".
-PLANNED_BACKENDS = ('triton', )
+BACKEND_NAMES = ('torch', 'triton')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PREFIX = 'selective_scan: '
+_logger = logging.getLogger(__name__)
+_override = threading.local()
+
+
+def _triton_implementation() -> Callable:
+    """The Triton backend, imported on first use (importing triton reads TRITON_INTERPRET)."""
+    if importlib.util.find_spec('triton') is None:
+        raise ValueError(f"{_PREFIX}backend 'triton' needs the triton package: pip install triton "
+                         "(or `pip install mmmv[triton]`); or use backend='torch'")
+    from .triton_backend import selective_scan_triton
+    return selective_scan_triton
+
+
+# name -> a function returning the implementation, which has the signature of `selective_scan` minus `backend`
+BACKENDS: Dict[str, Callable[[], Callable]] = {
+    'torch': lambda: selective_scan_torch,
+    'triton': _triton_implementation,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the Triton backend imports here (auto dispatch sends CUDA tensors to it then)."""
+    try:
+        _triton_implementation()
+    except Exception as error:  # noqa: BLE001 - reported once: auto dispatch then uses the torch backend
+        _logger.warning('mmmv: the Triton selective scan is unavailable (%s: %s); CUDA tensors use the slower '
+                        "torch backend. pip install triton to get it.", type(error).__name__, error)
+        return False
+    return True
+
+
+def check_backend_name(backend, source: str) -> str:
+    """`backend` normalised (lower case), or a TypeError / ValueError naming `source` and the valid names."""
+    if not isinstance(backend, str):
+        raise TypeError(f'{_PREFIX}backend must be a string or None, got {type(backend).__name__} (from {source})')
+    name = backend.strip().lower()
+    if name != AUTO and name not in BACKEND_NAMES:
+        valid = ', '.join(repr(n) for n in (*BACKEND_NAMES, AUTO))
+        raise ValueError(f'{_PREFIX}unknown backend {backend!r} (from {source}); valid names: {valid} or None')
+    return name
+
+
+def set_scan_backend(backend: Optional[str]) -> None:
+    """Make `backend` ('torch', 'triton', 'auto') the default of this thread's calls; None clears it."""
+    _override.stack = [] if backend is None else [check_backend_name(backend, 'set_scan_backend')]
+
+
+def get_scan_backend() -> Optional[str]:
+    """The backend forced by `scan_backend` / `set_scan_backend` in this thread, or None."""
+    stack = getattr(_override, 'stack', [])
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def scan_backend(backend: Optional[str]) -> Iterator[None]:
+    """Run the selective scans inside the block on `backend` ('torch', 'triton', 'auto'); None changes nothing.
+
+    Example::
+
+        with scan_backend('torch'):
+            loss = model(images).sum()
+    """
+    if backend is None:
+        yield
+        return
+    stack = getattr(_override, 'stack', None)
+    if stack is None:
+        stack = _override.stack = []
+    stack.append(check_backend_name(backend, 'scan_backend'))
+    try:
+        yield
+    finally:
+        stack.pop()
 
 
 def selective_scan(
@@ -55,9 +136,10 @@ def selective_scan(
         delta_bias: (D,) added to delta, optional.
         delta_softplus: apply softplus to delta after the bias.
         return_last_state: also return the state after the last token.
-        backend: 'torch' (vectorised PyTorch, any device), or None / 'auto' for the best available one.
-            When None, the environment variable ``MMMV_SCAN_BACKEND`` (torch, triton or auto) may force
-            the choice. This release has only 'torch'; 'triton' is planned.
+        backend: 'triton' (fused Triton kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``;
+            float16 / bfloat16 / float32), 'torch' (vectorised PyTorch, any device and dtype), or None / 'auto'
+            for the best available one. When None, a `scan_backend` context or ``MMMV_SCAN_BACKEND`` (torch,
+            triton or auto) may force the choice.
 
     Returns:
         y (batch, D, L) in u's dtype; with ``return_last_state`` the tuple (y, last_state) where
@@ -68,27 +150,24 @@ def selective_scan(
         ValueError: shapes or devices do not match, or the backend is unknown or not available.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    implementation = BACKENDS[_resolve_backend(backend)]
+    implementation = BACKENDS[resolve_backend(backend, u)]()
     return implementation(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state)
 
 
-def _resolve_backend(backend: Optional[str]) -> str:
-    """The backend name for `backend`, falling back on $MMMV_SCAN_BACKEND and then on 'auto'."""
-    source = 'backend'
-    if backend is None:
-        backend, source = os.environ.get(ENV_BACKEND, '').strip().lower() or AUTO, f'${ENV_BACKEND}'
-    if not isinstance(backend, str):
-        raise TypeError(f'{_PREFIX}backend must be a string or None, got {type(backend).__name__}')
-    if backend == AUTO:
-        return 'torch'  # the only backend of this release
-    if backend in BACKENDS:
-        return backend
-    if backend in PLANNED_BACKENDS:
-        raise ValueError(f"{_PREFIX}backend {backend!r} (from {source}) is not available in mmmv {__version__}; "
-                         "use backend='torch'")
-    valid = ', '.join(repr(name) for name in (*BACKENDS, AUTO))
-    raise ValueError(f'{_PREFIX}unknown backend {backend!r} (from {source}); valid names: {valid} or None')
+def resolve_backend(backend: Optional[str], u: torch.Tensor) -> str:
+    """The backend name a call with `backend` on tensors like `u` runs on (see the module docstring)."""
+    if backend is not None:
+        name = check_backend_name(backend, 'backend')
+    elif get_scan_backend() is not None:
+        name = get_scan_backend()
+    else:
+        name = check_backend_name(os.environ.get(ENV_BACKEND, '').strip() or AUTO, f'${ENV_BACKEND}')
+    if name != AUTO:
+        return name
+    if u.is_cuda and u.dtype != torch.float64 and triton_available():
+        return 'triton'
+    return 'torch'
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:

@@ -1,0 +1,294 @@
+"""Selective scan on Triton kernels (`triton_kernels`), as the `torch.library` custom ops ``mmmv::selective_scan_fwd``
+and ``mmmv::selective_scan_bwd`` with an autograd formula, so that `torch.compile` keeps them as single graph nodes
+and `torch.export` records them.
+
+The kernels need a CUDA GPU, or CPU tensors with ``TRITON_INTERPRET=1`` set before triton is first imported
+(that is how CI runs them). Inputs are read in place through their strides; float16 / bfloat16 / float32 inputs are
+computed in float32 and every output comes back in its input's dtype (float64 belongs to the torch backend).
+
+Layers: launch configuration (`LaunchConfig`, `launch_config`) -> kernel launchers (`scan_forward`,
+`scan_backward`) -> custom ops -> `selective_scan_triton`, called by `interface.selective_scan`.
+"""
+import math
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import triton_kernels as kernels
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# A (tokens, channels, states) tile gives each thread all tokens of one (channel, state) pair, so each 3-D working
+# tensor costs a thread `chunk` registers; the backward holds about ten of them, so its chunk stays short.
+THREADS_PER_PROGRAM = 128
+DEFAULT_CHUNK = 16
+# programs wanted per streaming multiprocessor before the sequence is split as well
+PROGRAMS_PER_SM = 4
+
+
+def interpreting() -> bool:
+    """Whether triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get('TRITON_INTERPRET', '0').strip() not in ('', '0')
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How one call is cut into programs: BL tokens per chunk, BD channels per register tile, NP padded states;
+    the sequence cut into splits of `chunks_per_split` chunks; in backward, programs of `ch_per_program` channels."""
+    chunk: int
+    block_d: int
+    states_padded: int
+    n_chunks: int
+    fwd_splits: int
+    fwd_chunks_per_split: int
+    bwd_ch_per_program: int
+    bwd_splits: int
+    bwd_chunks_per_split: int
+    num_warps: int = 4
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _splits(programs: int, n_chunks: int, target: int, forced: Optional[int]) -> Tuple[int, int]:
+    """(number of splits, chunks per split) so that programs * splits reaches `target`, or as `forced`."""
+    wanted = forced if forced is not None else math.ceil(target / max(programs, 1))
+    per_split = math.ceil(n_chunks / max(1, min(wanted, n_chunks)))
+    return math.ceil(n_chunks / per_split), per_split
+
+
+def launch_config(batch: int, dim: int, length: int, state: int, group_channels: int, device: torch.device,
+                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None) -> LaunchConfig:
+    """The launch configuration for a call; `chunk_size` and `n_splits` override the heuristics (tests use them
+    to cross chunk and split boundaries at small sizes)."""
+    states_padded = max(2, _pow2(state))
+    if chunk_size is None:
+        chunk = min(DEFAULT_CHUNK, max(16, _pow2(length)))
+    else:
+        if chunk_size < 2 or chunk_size & (chunk_size - 1):
+            raise ValueError(f'selective_scan: chunk_size must be a power of two >= 2, got {chunk_size}')
+        chunk = chunk_size
+    block_d = max(1, min(_pow2(group_channels), THREADS_PER_PROGRAM // states_padded))
+    n_chunks = math.ceil(length / chunk)
+    groups = dim // group_channels
+    if device.type == 'cuda':
+        target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 1
+    fwd_splits, fwd_per_split = _splits(batch * groups * math.ceil(group_channels / block_d), n_chunks, target,
+                                       n_splits)
+    # backward programs own several tiles of one group so that their dB / dC partials stay small
+    ch_per_program = min(math.ceil(max(block_d, 4 * state) / block_d) * block_d,
+                         math.ceil(group_channels / block_d) * block_d)
+    programs = batch * groups * math.ceil(group_channels / ch_per_program)
+    bwd_splits, bwd_per_split = _splits(programs, n_chunks, target, n_splits)
+    # warps cover channels x states exactly: a warp along the tokens would break the in-thread scan
+    num_warps = max(1, min(8, block_d * states_padded // 32))
+    return LaunchConfig(chunk, block_d, states_padded, n_chunks, fwd_splits, fwd_per_split, ch_per_program,
+                        bwd_splits, bwd_per_split, num_warps)
+
+
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """B or C as (batch, G, N, L): the shared layout gets a group axis of size 1 (a view)."""
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+def _common_group_channels(dim: int, B: torch.Tensor, C: torch.Tensor) -> int:
+    """Channels per group of the finest grouping that both B's and C's groupings coarsen."""
+    return math.gcd(dim // B.shape[1], dim // C.shape[1])
+
+
+def _config_for(u, B, C, chunk_size, n_splits) -> LaunchConfig:
+    batch, dim, length = u.shape
+    return launch_config(batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size,
+                         n_splits)
+
+
+def _check_runnable(u: torch.Tensor) -> None:
+    if u.device.type == 'cuda' or (u.device.type == 'cpu' and interpreting()):
+        return
+    hint = ('set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU (slow; meant for tests)'
+            if u.device.type == 'cpu' else "use backend='torch'")
+    raise ValueError(f"selective_scan: backend 'triton' runs on CUDA tensors, got a tensor on {u.device}; {hint}")
+
+
+def _optional(t: Optional[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor:
+    """A valid pointer for an absent input; the kernels never read it (the HAS_* flag is off)."""
+    return fallback if t is None else t
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
+                 chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+    """Launch the forward. Returns y (u's dtype), last state (batch, D, N) float32 (empty unless asked for) and
+    the chunk-entry states (batch, D, N, n_chunks) float32 that the backward needs."""
+    _check_runnable(u)
+    B, C = _grouped(B), _grouped(C)
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    cfg = _config_for(u, B, C, chunk_size, n_splits)
+    group_channels = _common_group_channels(dim, B, C)
+    per_group = math.ceil(group_channels / cfg.block_d)
+    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    states = torch.empty((batch, dim, state, cfg.n_chunks), device=u.device, dtype=torch.float32)
+    last = torch.empty((batch, dim, state) if return_last_state else (0, ), device=u.device, dtype=torch.float32)
+    grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
+    flags = dict(BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    carry_h = carry_dt = u
+    if cfg.fwd_splits > 1:
+        carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
+        carry_dt = torch.empty((batch, cfg.fwd_splits, dim), device=u.device, dtype=torch.float32)
+        kernels._fwd_carry_kernel[grid](
+            u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
+            length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
+            state, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
+    kernels._fwd_kernel[grid](
+        u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
+        y, states, last, carry_h, carry_dt,
+        length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
+        cfg.fwd_splits, state,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
+    return y, last, states
+
+
+def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
+                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+    """Launch the backward. Returns du, ddelta, dA, dB, dC, dD, dz, d delta_bias in their inputs' dtypes and
+    shapes; the gradients of absent optional inputs are empty tensors."""
+    _check_runnable(u)
+    B_shape, C_shape = B.shape, C.shape
+    B, C = _grouped(B), _grouped(C)
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    cfg = _config_for(u, B, C, chunk_size, n_splits)
+    if cfg.n_chunks != states.shape[-1]:
+        raise RuntimeError('selective_scan: the saved states do not match this launch configuration '
+                           f'({states.shape[-1]} chunks saved, {cfg.n_chunks} expected)')
+    group_channels = _common_group_channels(dim, B, C)
+    per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
+    programs = (dim // group_channels) * per_group
+    du = torch.empty_like(u, memory_format=torch.contiguous_format)
+    ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
+    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
+    dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
+    dC_part = torch.empty_like(dB_part)
+    splits = cfg.bwd_splits
+    dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
+    dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
+    dbias_part = torch.empty_like(dD_part)
+    flags = dict(BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    z_or_u = _optional(z, u)
+    carry_g = carry_dt = u
+    if splits > 1:
+        carry_g = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
+        carry_dt = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
+        tiles_per_group = math.ceil(group_channels / cfg.block_d)
+        kernels._bwd_carry_kernel[(batch, dim // group_channels * tiles_per_group, splits)](
+            delta, A, C, z_or_u, _optional(delta_bias, u), dout, carry_g, carry_dt,
+            length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
+            *delta.stride(), *A.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
+    dz_or_u = dz if z is not None else u
+    kernels._bwd_kernel[(batch, programs, splits)](
+        u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
+        carry_g, carry_dt,
+        du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
+        length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
+        cfg.bwd_chunks_per_split, splits, state,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
+        *du.stride(), *ddelta.stride(), *dz_or_u.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **flags)
+
+    def per_group_sum(part: torch.Tensor, groups: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        summed = part.view(batch, groups, programs // groups, state, length).sum(2)
+        return summed.view(shape).to(dtype)
+
+    dB = per_group_sum(dB_part, B.shape[1], B_shape, B.dtype)
+    dC = per_group_sum(dC_part, C.shape[1], C_shape, C.dtype)
+    dA = dA_part.sum((0, 1)).to(A.dtype)
+    dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
+    dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom ops. Optional inputs are passed as None; the backward returns empty tensors for absent ones.
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op('mmmv::selective_scan_fwd', mutates_args=())
+def selective_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                       delta_softplus: bool, return_last_state: bool, chunk_size: Optional[int],
+                       n_splits: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits)
+
+
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits):
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    cfg = _config_for(u, _grouped(B), _grouped(C), chunk_size, n_splits)
+    y = u.new_empty((batch, dim, length))
+    last = u.new_empty((batch, dim, state) if return_last_state else (0, ), dtype=torch.float32)
+    return y, last, u.new_empty((batch, dim, state, cfg.n_chunks), dtype=torch.float32)
+
+
+@torch.library.custom_op('mmmv::selective_scan_bwd', mutates_args=())
+def selective_scan_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
+                       A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                       z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], states: torch.Tensor,
+                       delta_softplus: bool, chunk_size: Optional[int], n_splits: Optional[int]) -> List[torch.Tensor]:
+    return list(scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
+                              n_splits))
+
+
+@selective_scan_bwd.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits):
+    def like(t):
+        return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+
+
+_FORWARD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.options = (delta_softplus, return_last_state, chunk_size, n_splits)
+
+
+def _backward(ctx, dy, dlast, _dstates):
+    u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+    delta_softplus, return_last_state, chunk_size, n_splits = ctx.options
+    if dy is None:
+        dy = torch.zeros_like(u)
+    if not return_last_state or dlast is None:
+        dlast = None
+    grads = selective_scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
+                               n_splits)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    return (*(None if t is None else g for t, g in zip(inputs, grads)), None, None, None, None)
+
+
+selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+    """`interface.selective_scan` on the Triton kernels; `chunk_size` (a power of two) and `n_splits` override the
+    launch heuristics. Inputs must be float16, bfloat16 or float32 and on a CUDA device (or on the CPU under
+    ``TRITON_INTERPRET=1``)."""
+    for name, t in zip(_FORWARD_INPUTS, (u, delta, A, B, C, D, z, delta_bias)):
+        if t is not None and t.dtype not in TRITON_DTYPES:
+            raise TypeError(f"selective_scan: backend 'triton' computes in float32 and takes float16, bfloat16 or "
+                            f"float32 inputs; {name} is {t.dtype} (use backend='torch' for float64)")
+    _check_runnable(u)
+    y, last, _ = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                    bool(return_last_state), chunk_size, n_splits)
+    return (y, last) if return_last_state else y

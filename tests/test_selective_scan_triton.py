@@ -1,0 +1,288 @@
+"""The Triton selective scan against the float64 reference, on small odd shapes that cross chunk and split
+boundaries: outputs, last states and every gradient with the per-dtype tolerances of test_selective_scan. On a
+CPU-only machine the kernels run in triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1); on a GPU they
+run compiled. Also: dispatch and its switches, the custom ops under torch.compile / torch.export / autocast,
+determinism, fp16 robustness, and the MambaVision mixer on this path. Full sizes: test_selective_scan_gpu.py."""
+import functools
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from mmmv.ops import selective_scan, selective_scan_ref
+from mmmv.ops.selective_scan import interface, resolve_backend, scan_backend, set_scan_backend
+from test_selective_scan import assert_matches_reference, make_inputs
+
+pytest.importorskip('triton')
+from mmmv.ops.selective_scan import triton_backend  # noqa: E402 - needs triton, imported after the skip
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+if DEVICE == 'cpu' and not triton_backend.interpreting():
+    pytest.skip('no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it)', allow_module_level=True)
+
+
+def triton_scan(chunk_size=None, n_splits=None):
+    return functools.partial(triton_backend.selective_scan_triton, chunk_size=chunk_size, n_splits=n_splits)
+
+
+@pytest.mark.parametrize('length,chunk_size,n_splits', [
+    (1, None, None),
+    (7, 4, None),      # two chunks, the last one partial
+    (33, 8, 1),        # five chunks carried in one program
+    (33, 8, 3),        # three splits of two chunks (the last one short)
+    (50, 4, 13),       # one chunk per split
+    (129, None, 2),
+])
+def test_lengths_chunks_splits(length, chunk_size, n_splits):
+    assert_matches_reference(make_inputs(length=length, device=DEVICE), scan=triton_scan(chunk_size, n_splits))
+
+
+@pytest.mark.parametrize('dim,groups_B,groups_C', [(8, 2, None), (8, None, 4), (12, 3, 3), (8, 2, 4), (6, 6, 6),
+                                                   (10, 5, 1)])
+def test_groups(dim, groups_B, groups_C):
+    inputs = make_inputs(dim=dim, length=21, state=3, groups_B=groups_B, groups_C=groups_C, device=DEVICE)
+    assert_matches_reference(inputs, scan=triton_scan(8, 2))
+
+
+@pytest.mark.parametrize('has_D,has_z,has_bias,softplus', [(False, False, False, False), (True, False, False, True),
+                                                           (False, True, True, False), (True, True, True, True)])
+def test_optional_inputs(has_D, has_z, has_bias, softplus):
+    inputs = make_inputs(length=19, D=has_D, z=has_z, delta_bias=has_bias, device=DEVICE)
+    assert_matches_reference(inputs, delta_softplus=softplus, scan=triton_scan(8, 2))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+def test_dtypes(dtype):
+    assert_matches_reference(make_inputs(length=37, dtype=dtype, device=DEVICE), scan=triton_scan(16, 2))
+
+
+def test_wide_state_and_many_channels():
+    """N = 16 (VSS) and more channels than one register tile."""
+    inputs = make_inputs(batch=1, dim=40, length=24, state=16, groups_B=2, groups_C=2, device=DEVICE)
+    assert_matches_reference(inputs, scan=triton_scan(8, 2))
+
+
+def test_without_last_state_gradient():
+    assert_matches_reference(make_inputs(length=20, device=DEVICE), last_state_grad=False, scan=triton_scan(8, 2))
+
+
+def test_non_contiguous_inputs_are_read_in_place():
+    """delta as MambaVision makes it (a transposed view), u from a slice, B / C with a stride along L."""
+    inputs = make_inputs(length=23, device=DEVICE)
+    batch, dim, length = inputs['u'].shape
+    delta_t = inputs['delta'].detach().transpose(1, 2).contiguous().requires_grad_()
+    u_wide = torch.cat([inputs['u'].detach(), inputs['u'].detach()], dim=1).requires_grad_()
+    views = dict(inputs, delta=delta_t.transpose(1, 2), u=u_wide[:, :dim],
+                 B=inputs['B'].detach().repeat(1, 1, 2)[..., ::2].requires_grad_())
+    assert not views['delta'].is_contiguous() and not views['u'].is_contiguous()
+    assert_matches_reference(views, scan=triton_scan(8, 2))
+
+
+def test_mixed_dtypes():
+    inputs = make_inputs(length=17, dtype=torch.bfloat16, device=DEVICE)
+    inputs['delta'] = inputs['delta'].detach().float().requires_grad_()
+    y = triton_backend.selective_scan_triton(**inputs, delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert inputs['delta'].grad.dtype == torch.float32 and inputs['u'].grad.dtype == torch.bfloat16
+
+
+def test_long_sequence():
+    """L = 65536 (tens of thousands of tokens come from a detection input at stride 4), crossing 64 chunks and
+    4 splits; small channels so that the float64 reference stays quick."""
+    inputs = make_inputs(batch=1, dim=2, length=65536, state=2, device=DEVICE)
+    assert_matches_reference(inputs, scan=triton_scan(1024, 4))
+
+
+def test_fp16_large_delta_long_sequence_stays_finite():
+    """Inputs that overflow a float16 recurrence: large time steps (drives dt * B * u of hundreds, decays that
+    underflow) over a long sequence. The math is float32; outputs and gradients stay finite and right."""
+    inputs = make_inputs(batch=1, dim=4, length=4096, state=4, dtype=torch.float16, device=DEVICE)
+    with torch.no_grad():
+        inputs['delta'].mul_(0).add_(30.0)  # softplus(30) = 30: decays exp(30 A) underflow, drives are large
+    y, last = triton_backend.selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True,
+                                                   chunk_size=512, n_splits=2)
+    y.float().square().mean().backward()
+    for name, tensor in [('y', y), ('last', last)] + [('d' + k, v.grad) for k, v in inputs.items() if v is not None]:
+        assert torch.isfinite(tensor).all(), name
+    ref_inputs = {k: v.detach().double() for k, v in inputs.items()}
+    y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
+    torch.testing.assert_close(y.double(), y_ref, rtol=3e-3, atol=5e-3 * y_ref.abs().max().item())
+
+
+def test_deterministic():
+    inputs = make_inputs(length=45, groups_B=2, device=DEVICE)
+    results = []
+    for _ in range(2):
+        y = triton_backend.selective_scan_triton(**inputs, delta_softplus=True, chunk_size=8, n_splits=3)
+        grads = torch.autograd.grad(y.square().sum(), [v for v in inputs.values() if v is not None])
+        results.append([y, *grads])
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The custom ops in graphs, autocast.
+# ----------------------------------------------------------------------------------------------------
+def test_custom_op_registration():
+    inputs = make_inputs(length=9, device=DEVICE)
+    args = (*(inputs[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')), True, True, 4, 2)
+    torch.library.opcheck(torch.ops.mmmv.selective_scan_fwd.default, args,
+                          test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+
+
+def test_torch_compile_keeps_one_graph():
+    inputs = make_inputs(length=12, device=DEVICE)
+
+    def step(u, delta, A, B, C, D, z, delta_bias):
+        y = selective_scan(u * 2, delta, A, B, C, D, z, delta_bias, delta_softplus=True, backend='triton')
+        return y.float().square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend='aot_eager' if DEVICE == 'cpu' else 'inductor')
+    loss = compiled(**inputs)
+    grads = torch.autograd.grad(loss, [inputs['u'], inputs['A']])
+    expected = step(**inputs)
+    grads_expected = torch.autograd.grad(expected, [inputs['u'], inputs['A']])
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, grads_expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_torch_export_records_the_op():
+
+    class Mixer(torch.nn.Module):
+
+        def __init__(self, A):
+            super().__init__()
+            self.A = torch.nn.Parameter(A.detach())
+
+        def forward(self, u, delta, B, C):
+            return selective_scan(u, delta, self.A, B, C, delta_softplus=True, backend='triton')
+
+    inputs = make_inputs(length=10, device=DEVICE)
+    tensors = tuple(inputs[k].detach() for k in ('u', 'delta', 'B', 'C'))
+    program = torch.export.export(Mixer(inputs['A']), tensors)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
+    assert 'mmmv.selective_scan_fwd.default' in targets, targets
+    torch.testing.assert_close(program.module()(*tensors), Mixer(inputs['A'])(*tensors))
+
+
+def test_autocast_inputs():
+    """Under autocast the projections feeding the scan give bfloat16; the scan takes them as they are, computes in
+    float32 and returns bfloat16, matching the reference on the same values."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 11, 8, generator=gen).to(DEVICE)
+    proj = torch.nn.Linear(8, 8 + 8 + 4 + 4).to(DEVICE)
+    A = -(0.5 + torch.rand(8, 4, generator=gen)).to(DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        u, delta, B, C = proj(x).transpose(1, 2).split([8, 8, 4, 4], dim=1)
+        y = selective_scan(u, delta, A, B, C, delta_softplus=True, backend='triton')
+    assert u.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    y_ref = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), delta_softplus=True)
+    torch.testing.assert_close(y.double(), y_ref, rtol=3e-2, atol=5e-2)
+    y.float().sum().backward()
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch.
+# ----------------------------------------------------------------------------------------------------
+def _fake(is_cuda, dtype=torch.float32):
+    return types.SimpleNamespace(is_cuda=is_cuda, dtype=dtype)
+
+
+def test_auto_dispatch(monkeypatch):
+    monkeypatch.delenv(interface.ENV_BACKEND, raising=False)
+    assert resolve_backend(None, _fake(True)) == 'triton'
+    assert resolve_backend('auto', _fake(True, torch.bfloat16)) == 'triton'
+    assert resolve_backend(None, _fake(True, torch.float64)) == 'torch'
+    assert resolve_backend(None, _fake(False)) == 'torch'
+    monkeypatch.setattr(interface, 'triton_available', lambda: False)
+    assert resolve_backend(None, _fake(True)) == 'torch'
+
+
+def test_switches_and_their_order(monkeypatch):
+    monkeypatch.setenv(interface.ENV_BACKEND, 'triton')
+    assert resolve_backend(None, _fake(False)) == 'triton'
+    with scan_backend('torch'):
+        assert resolve_backend(None, _fake(True)) == 'torch'  # a context wins over the variable
+        with scan_backend('triton'):
+            assert resolve_backend(None, _fake(False)) == 'triton'
+        assert resolve_backend('triton', _fake(True)) == 'triton'  # an explicit argument wins over a context
+        assert resolve_backend(None, _fake(True)) == 'torch'
+    set_scan_backend('torch')
+    try:
+        assert resolve_backend(None, _fake(True)) == 'torch'
+    finally:
+        set_scan_backend(None)
+    assert resolve_backend(None, _fake(True)) == 'triton'
+    with pytest.raises(ValueError, match="unknown backend 'cuda' \\(from scan_backend\\)"):
+        with scan_backend('cuda'):
+            pass
+
+
+def test_triton_rejects_float64():
+    inputs = make_inputs(length=5, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match=r"backend 'triton' .* u is torch.float64 \(use backend='torch'"):
+        selective_scan(**inputs, backend='triton')
+
+
+def test_triton_on_cpu_without_interpreter_fails_clearly():
+    code = ('import os, torch; os.environ.pop("TRITON_INTERPRET", None)\n'
+            'from mmmv.ops import selective_scan\n'
+            'u = torch.randn(1, 2, 3); A = -torch.ones(2, 2); B = torch.randn(1, 2, 3)\n'
+            'selective_scan(u, u, A, B, B, backend="triton")\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode != 0
+    assert "backend 'triton' runs on CUDA tensors, got a tensor on cpu; set TRITON_INTERPRET=1" in result.stderr
+
+
+def test_missing_triton_fails_clearly(monkeypatch):
+    monkeypatch.setattr(interface.importlib.util, 'find_spec', lambda name: None)
+    with pytest.raises(ValueError, match=r"backend 'triton' needs the triton package: pip install triton"):
+        interface.BACKENDS['triton']()
+
+
+def test_bad_chunk_size():
+    with pytest.raises(ValueError, match='chunk_size must be a power of two'):
+        triton_backend.selective_scan_triton(**make_inputs(length=5, device=DEVICE), chunk_size=12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The MambaVision mixer on this path.
+# ----------------------------------------------------------------------------------------------------
+def test_mambavision_runs_on_the_triton_path(monkeypatch):
+    from mmmv.models.mambavision import MambaVision
+
+    calls = []
+    original = triton_backend.selective_scan_triton
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, 'selective_scan_triton', counting)
+    torch.manual_seed(0)
+    model = MambaVision(arch=dict(dim=16, in_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2),
+                                  window_size=(4, 4, 2, 2)), out_indices=(2, 3), drop_path_rate=0.0,
+                        scan_backend='triton').to(DEVICE)
+    x = torch.randn(1, 3, 64, 64, device=DEVICE)
+    outs = model(x)
+    sum(o.square().mean() for o in outs).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert calls, 'the mixer did not call the Triton scan'
+    model.zero_grad()
+    model.scan_backend = None
+    with scan_backend('torch'):
+        outs_torch = model(x)
+        sum(o.square().mean() for o in outs_torch).backward()
+    for out, out_torch in zip(outs, outs_torch):
+        torch.testing.assert_close(out, out_torch, rtol=1e-4, atol=1e-4)
+    for name, param in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(grads[name], param.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f'{name}: {m}')
