@@ -9,7 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmmv.ops import selective_scan, selective_scan_ref
 from mmmv.ops.selective_scan import interface
-from mmmv.ops.selective_scan.torch_backend import MAX_CHUNK, MIN_CHUNK, chunk_length, selective_scan_torch
+from mmmv.ops.selective_scan.torch_backend import (MAX_CHUNK, MIN_BLOCK, MIN_CHUNK, SEQUENTIAL_SCAN, block_length,
+                                                     chunk_length, selective_scan_torch)
 
 # (rtol, atol) for outputs, by the dtype of u: mamba_ssm's test_selective_scan uses the float32 and bfloat16
 # values; float16 sits between them; float64 runs the same math as the reference.
@@ -121,10 +122,19 @@ def test_lengths(length):
     assert_matches_reference(make_inputs(length=length, groups_C=2))
 
 
-@pytest.mark.parametrize('chunk_size', [1, 3, 16, 64])
+@pytest.mark.parametrize('chunk_size', [1, 3, 16, 24, 40, 64])
 def test_chunk_carry(chunk_size):
-    """Small chunks: the state (forward) and the adjoint (backward) cross many chunk boundaries."""
+    """Small chunks: the state (forward) and the adjoint (backward) cross many chunk boundaries, and (from 16
+    tokens) the block boundaries inside a chunk: 2, 3, 5 and 8 blocks of 8 tokens, then shorter tail chunks."""
     assert_matches_reference(make_inputs(length=130, groups_B=2), chunk_size=chunk_size)
+
+
+def test_many_blocks():
+    """A chunk of more than 2 * SEQUENTIAL_SCAN blocks: their states compose through two levels of the log-depth
+    scans over blocks before the loop takes over."""
+    chunk_size = MIN_BLOCK * (2 * SEQUENTIAL_SCAN + 3)
+    assert block_length(chunk_size, 2 * 8 * 4) == MIN_BLOCK
+    assert_matches_reference(make_inputs(length=700, groups_B=2), chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize(
@@ -272,6 +282,16 @@ def test_chunk_length():
             chunk = chunk_length(batch, dim, state, 1 << 20, device_type)
             assert chunk & (chunk - 1) == 0 and MIN_CHUNK <= chunk <= MAX_CHUNK
     assert chunk_length(128, 160, 8, 196, 'cuda') >= chunk_length(128, 160, 8, 196, 'cpu')
+
+
+def test_block_length():
+    for chunk in (1, 7, 16, 130, 2048):
+        for state_width in (1, 64, 2560, 1 << 22):
+            for device_type in ('cpu', 'cuda'):
+                block = block_length(chunk, state_width, device_type)
+                assert min(MIN_BLOCK, chunk) <= block <= chunk
+    assert block_length(512, 1 << 22) == 512  # a wide state needs no blocks
+    assert block_length(512, 64) == MIN_BLOCK  # a narrow one gets as many blocks as fit
 
 
 # ----------------------------------------------------------------------------------------------------
