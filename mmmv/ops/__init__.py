@@ -1,4 +1,7 @@
 """Sequence operators used by the mmmv backbones."""
-from .selective_scan import selective_scan, selective_scan_ref
+from .selective_scan import (get_scan_backend, scan_backend, selective_scan, selective_scan_ref, set_scan_backend,
+                             triton_available)
 
-__all__ = ['selective_scan', 'selective_scan_ref']
+__all__ = [
+    'selective_scan', 'selective_scan_ref', 'scan_backend', 'set_scan_backend', 'get_scan_backend', 'triton_available'
+]

@@ -1,0 +1,71 @@
+"""The Triton selective scan at full vision sizes on a CUDA GPU (skipped without one; the same kernels are checked
+on CPU under the interpreter by test_selective_scan_triton.py). Run before changing the kernels:
+``python -m pytest tests/test_selective_scan_gpu.py``.
+
+Sequence lengths, channels and states are those of the benchmark cases (../shared/ANCHORS.md section 3); the batch
+is cut to 2 so that the float64 reference loop stays affordable."""
+import pytest
+import torch
+
+from mmmv.ops import scan_backend, selective_scan
+from test_selective_scan import assert_matches_reference, make_inputs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+# (D, L, N, groups of B/C, z): MambaVision-T/B stages at 224 and at a 1344 x 800 detection input, VSS stages with
+# the four directions as groups, and a very long sequence.
+FULL_SIZES = {
+    'mambavision_t_stage3_224': (160, 196, 8, None, True),
+    'mambavision_t_stage4_224': (320, 49, 8, None, True),
+    'mambavision_t_stage3_det': (160, 4200, 8, None, True),
+    'mambavision_t_stage4_det': (320, 1050, 8, None, True),
+    'mambavision_b_stage3_224': (256, 196, 8, None, False),
+    'vss_stage1_256': (768, 4096, 16, 4, False),
+    'vss_stage3_256': (3072, 256, 16, 4, True),
+    'long_65536': (32, 65536, 4, None, True),
+}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('case', sorted(FULL_SIZES))
+def test_full_sizes(case, dtype):
+    dim, length, state, groups, has_z = FULL_SIZES[case]
+    inputs = make_inputs(batch=2, dim=dim, length=length, state=state, groups_B=groups, groups_C=groups, dtype=dtype,
+                         z=has_z, device='cuda')
+    assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+
+
+def test_auto_dispatch_uses_triton_on_cuda():
+    inputs = make_inputs(length=64, device='cuda')
+    y = selective_scan(**inputs, delta_softplus=True)
+    torch.testing.assert_close(y, selective_scan(**inputs, delta_softplus=True, backend='triton'), rtol=0, atol=0)
+
+
+def test_inductor_compile():
+    inputs = make_inputs(batch=4, dim=64, length=300, state=8, device='cuda')
+
+    def step(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan(torch.tanh(u), delta, A, B, C, D, z, delta_bias, delta_softplus=True).square().sum()
+
+    loss = torch.compile(step, fullgraph=True)(**inputs)
+    torch.testing.assert_close(loss, step(**inputs), rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert torch.isfinite(inputs['A'].grad).all()
+
+
+def test_mambavision_t_triton_matches_torch_backend():
+    from mmmv.models.mambavision import MambaVision
+
+    torch.manual_seed(0)
+    model = MambaVision('T', drop_path_rate=0.0).cuda()
+    x = torch.randn(2, 3, 224, 224, device='cuda')
+    results = {}
+    for backend in ('triton', 'torch'):
+        model.zero_grad()
+        with scan_backend(backend):
+            outs = model(x)
+            sum(o.square().mean() for o in outs).backward()
+        results[backend] = ([o.detach() for o in outs], model.stages[2].blocks[0].mixer.A_log.grad.clone())
+    for out_triton, out_torch in zip(results['triton'][0], results['torch'][0]):
+        torch.testing.assert_close(out_triton, out_torch, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(results['triton'][1], results['torch'][1], rtol=1e-3, atol=1e-5)
