@@ -22,15 +22,16 @@ does not change when ``num_train`` does.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import os.path as osp
-import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from .generated import (SPLITS, clear_generated_files, file_name, generate_splits, generation_params, is_complete,
+                        write_json)
 
 DEMO_CLASSES = ('circle', 'square', 'triangle')
 
@@ -39,7 +40,6 @@ FORMAT_VERSION = 1
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 40
 DEFAULT_IMAGE_SIZE = (128, 128)  # (H, W)
-SPLITS = ('train', 'val')
 
 MAX_INSTANCES = 4
 # Circumradius of a shape as a fraction of the image's shorter side: large objects learn fast.
@@ -53,7 +53,6 @@ NOISE_STD = 6.0  # per-pixel Gaussian noise, on shapes and background alike
 STRIPE_AMPLITUDE = 10.0
 MIN_CONTRAST = 110.0  # minimum RGB distance between a shape's colour and the background colours
 
-_FILE_NAME = re.compile(r'^\d{6}\.png$')
 
 
 @dataclass
@@ -83,25 +82,19 @@ def generate_demo_coco(root: str,
     Returns:
         Paths: ``root``, ``meta``, ``train_img_dir``, ``train_ann_file``, ``val_img_dir``, ``val_ann_file``.
     """
-    height, width = (int(s) for s in image_size)
-    if min(height, width) < 32:
-        raise ValueError(f'image_size must be at least 32x32, got {image_size}')
-    if num_train < 1 or num_val < 1:
-        raise ValueError(f'num_train and num_val must be positive, got {num_train} and {num_val}')
-    params = dict(version=FORMAT_VERSION, num_train=int(num_train), num_val=int(num_val),
-                  image_size=[height, width], seed=int(seed), classes=list(DEMO_CLASSES))
+    params = generation_params(num_train, num_val, image_size, seed, DEMO_CLASSES, FORMAT_VERSION)
+    height, width = params['image_size']
     paths = _paths(root)
-    if not overwrite and _is_complete(paths, params):
+    if not overwrite and is_complete(paths['meta'], params, _expected_files(paths, params)):
         return paths
 
-    if osp.exists(paths['meta']):
-        os.remove(paths['meta'])  # an interrupted run must not look complete
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    for split_id, (split, num_images) in enumerate(zip(SPLITS, (num_train, num_val))):
-        rng = np.random.default_rng([int(seed), split_id])
+
+    def write_split(split: str, num_images: int, rng: np.random.Generator) -> None:
         coco = _write_split(paths[f'{split}_img_dir'], num_images, height, width, rng)
-        _write_json(paths[f'{split}_ann_file'], coco)
-    _write_json(paths['meta'], params)  # last: marks the data as complete
+        write_json(paths[f'{split}_ann_file'], coco)
+
+    generate_splits(paths['meta'], params, write_split)
     return paths
 
 
@@ -113,46 +106,26 @@ def _paths(root: str) -> dict[str, str]:
     return paths
 
 
-def _is_complete(paths: dict[str, str], params: dict) -> bool:
-    """Whether ``meta.json`` records ``params`` and every file it implies exists."""
-    try:
-        with open(paths['meta'], encoding='utf-8') as f:
-            if json.load(f) != params:
-                return False
-    except (OSError, ValueError):
-        return False
+def _expected_files(paths: dict[str, str], params: dict) -> list[str]:
+    """Every file a complete generation with ``params`` holds."""
+    files = []
     for split in SPLITS:
-        if not osp.isfile(paths[f'{split}_ann_file']):
-            return False
-        img_dir = paths[f'{split}_img_dir']
-        if not all(osp.isfile(osp.join(img_dir, _file_name(i))) for i in range(params[f'num_{split}'])):
-            return False
-    return True
-
-
-def _file_name(index: int) -> str:
-    return f'{index + 1:06d}.png'
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(obj, f, separators=(',', ':'))
+        files.append(paths[f'{split}_ann_file'])
+        files.extend(osp.join(paths[f'{split}_img_dir'], file_name(i)) for i in range(params[f'num_{split}']))
+    return files
 
 
 def _write_split(img_dir: str, num_images: int, height: int, width: int, rng: np.random.Generator) -> dict:
     """Draw and save ``num_images`` images into ``img_dir``; return their COCO dict."""
-    os.makedirs(img_dir, exist_ok=True)
-    for name in os.listdir(img_dir):  # drop images of an earlier, larger generation
-        if _FILE_NAME.match(name):
-            os.remove(osp.join(img_dir, name))
+    clear_generated_files(img_dir)
 
     class_bag: list[int] = []
     images, annotations = [], []
     for index in range(num_images):
         image_id = index + 1
         pixels, shapes, masks = _draw_image(height, width, rng, class_bag)
-        Image.fromarray(pixels).save(osp.join(img_dir, _file_name(index)))
-        images.append(dict(id=image_id, file_name=_file_name(index), width=width, height=height))
+        Image.fromarray(pixels).save(osp.join(img_dir, file_name(index)))
+        images.append(dict(id=image_id, file_name=file_name(index), width=width, height=height))
         for shape, mask in zip(shapes, masks):
             annotations.append(_annotation(len(annotations) + 1, image_id, shape, mask))
     categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(DEMO_CLASSES)]
