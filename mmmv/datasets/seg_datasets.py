@@ -71,7 +71,7 @@ class DemoLesionDataset(ISIC2017Dataset):
         num_train, num_val, image_size, seed: generation parameters (see ``generate_demo_lesions``).
         **kwargs: as ``BaseSegDataset``; ``data_root`` is required.
     """
-    PREPARE = 'python tools/misc/make_demo_seg_data.py'
+    PREPARE = 'python tools/misc/make_demo_data.py --kind lesions'
 
     def __init__(self,
                  num_train: int = DEFAULT_NUM_TRAIN,

@@ -35,13 +35,13 @@ def _class_names(metric: BaseMetric) -> List[str]:
     return list(meta['classes'])
 
 
-def _table(rows: Dict[str, Sequence[float]], names: Sequence[str], fmt: str = '{:8.2f}') -> str:
-    """Per-class lines: one row per class, one column per score."""
-    width = max(len(n) for n in names)
-    header = ' ' * width + ''.join(f'{key:>9}' for key in rows)
-    lines = [header]
+def _table(rows: Dict[str, Sequence[float]], names: Sequence[str]) -> str:
+    """Per-class lines: one row per class, one column per score (two decimals)."""
+    first = max(len(n) for n in names)
+    widths = [max(8, len(key)) + 2 for key in rows]
+    lines = [' ' * first + ''.join(f'{key:>{w}}' for key, w in zip(rows, widths))]
     for i, name in enumerate(names):
-        lines.append(name.ljust(width) + ''.join(' ' + fmt.format(values[i]) for values in rows.values()))
+        lines.append(name.ljust(first) + ''.join(f'{values[i]:{w}.2f}' for values, w in zip(rows.values(), widths)))
     return '\n'.join(lines)
 
 
