@@ -14,7 +14,10 @@ mmmv keys differ from the official ones only where a name says more: ``patch_emb
 ``norm{i}`` for ``outnorm{i}`` and ``head.fc`` (mmpretrain's ``LinearClsHead``) for ``head``.
 """
 import logging
+import os
+import os.path as osp
 import re
+import sys
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -147,6 +150,20 @@ def convert_checkpoint(src: str, dst: Optional[str] = None) -> Tuple[Dict, List[
     return result, unmapped
 
 
+
+def save_converted(result: Mapping, unmapped: List[str], dst: str, allow_unmapped: bool) -> int:
+    """The end of a converter script: list the unmapped keys, then write ``result`` to ``dst`` unless there are some
+    and ``allow_unmapped`` is False. Returns the exit status (0 written, 1 refused)."""
+    if unmapped:
+        print(f'{len(unmapped)} keys could not be mapped:', *unmapped, sep='\n  ')
+        if not allow_unmapped:
+            print('nothing written; pass --allow-unmapped to drop them', file=sys.stderr)
+            return 1
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save(result, dst)
+    print(f'saved {dst}')
+    return 0
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading pretrained weights into a backbone
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,6 +197,21 @@ def load_pretrained(model: nn.Module, init_cfg: Mapping) -> Dict[str, List[str]]
     Returns:
         dict with the lists 'missing', 'unexpected', 'mismatched' and 'ignored'.
     """
+    path, prefix, strict = parse_pretrained_cfg(model, init_cfg)
+    state_dict = extract_state_dict(safe_load(path))
+    if detect_layout(state_dict) != 'mmmv':
+        state_dict, unmapped = convert_official(state_dict)
+        if unmapped:
+            _logger().warning('%s: %d keys of %s have no mmmv counterpart and were skipped: %s', type(model).__name__,
+                           len(unmapped), path, unmapped)
+        _logger().info('converted official MambaVision weights from %s on the fly', path)
+        prefix = 'backbone.' if prefix is None else prefix
+    return load_state_dict_reported(model, state_dict, path, prefix, strict)
+
+
+def parse_pretrained_cfg(model: nn.Module, init_cfg: Mapping) -> Tuple[str, Optional[str], bool]:
+    """``(checkpoint, prefix, strict)`` of ``dict(type='Pretrained', checkpoint=PATH, prefix=None, strict=True)``;
+    ValueError naming ``model``'s class for another type, a missing checkpoint or unknown keys."""
     cfg = dict(init_cfg)
     kind = cfg.pop('type', 'Pretrained')
     if kind != 'Pretrained':
@@ -193,15 +225,13 @@ def load_pretrained(model: nn.Module, init_cfg: Mapping) -> Dict[str, List[str]]
     if cfg:
         raise ValueError(f'{type(model).__name__}: unknown init_cfg keys {sorted(cfg)}; valid keys are '
                          "type, checkpoint, prefix, strict, map_location")
+    return path, prefix, strict
 
-    state_dict = extract_state_dict(safe_load(path))
-    if detect_layout(state_dict) != 'mmmv':
-        state_dict, unmapped = convert_official(state_dict)
-        if unmapped:
-            _logger().warning('%s: %d keys of %s have no mmmv counterpart and were skipped: %s', type(model).__name__,
-                           len(unmapped), path, unmapped)
-        _logger().info('converted official MambaVision weights from %s on the fly', path)
-        prefix = 'backbone.' if prefix is None else prefix
+
+def load_state_dict_reported(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str,
+                             prefix: Optional[str], strict: bool) -> Dict[str, List[str]]:
+    """Load the ``prefix`` part of a state dict in mmmv keys into ``model`` with the report of :func:`load_pretrained`
+    (``path`` names the source in messages)."""
     if prefix:
         selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
         if not selected:

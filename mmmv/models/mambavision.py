@@ -23,6 +23,7 @@ import torch.utils.checkpoint as cp
 from ..ops import selective_scan
 from ..ops.selective_scan import scan_backend as use_scan_backend
 from ..ops.selective_scan.interface import check_backend_name
+from .backbone_base import StagedBackbone, normalise_indices
 
 # Normalisation constants of the official model.
 STEM_BN_EPS = 1e-4
@@ -389,7 +390,7 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
-class MambaVision(nn.Module):
+class MambaVision(StagedBackbone):
     """MambaVision backbone returning a tuple of NCHW feature maps.
 
     Args:
@@ -450,7 +451,7 @@ class MambaVision(nn.Module):
         self.window_size = windows
         drop_path_rate = settings['drop_path_rate'] if drop_path_rate is None else drop_path_rate
         layer_scale = settings['layer_scale'] if layer_scale == 'arch' else layer_scale
-        self.out_indices = _normalise_indices(out_indices, self.num_stages)
+        self.out_indices = normalise_indices(out_indices, self.num_stages, 'MambaVision')
         if out_norm is not None and out_norm not in OUT_NORMS:
             raise ValueError(f'MambaVision: out_norm must be one of {sorted(OUT_NORMS)} or None, got {out_norm!r}')
         self.frozen_stages = frozen_stages
@@ -507,37 +508,6 @@ class MambaVision(nn.Module):
                 outs.append((norm(out) if norm is not None else out).contiguous())
         return tuple(outs)
 
-    def skipped_state_prefixes(self) -> List[str]:
-        """State-dict prefixes of a full model that this one does not build (stages after the last output)."""
-        built = len(self.stages)
-        return [f'stages.{built - 1}.downsample.'] + [f'stages.{i}.' for i in range(built, self.num_stages)]
-
-    # -- training-mode behaviour ----------------------------------------------------------------------------------------
-    def _frozen_modules(self) -> List[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        modules = [self.patch_embed]
-        for i in range(min(self.frozen_stages, len(self.stages))):
-            modules.append(self.stages[i])
-            if hasattr(self, f'norm{i}'):
-                modules.append(getattr(self, f'norm{i}'))
-        return modules
-
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'MambaVision':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
-
     # -- weights ------------------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
         """Official random init, then the ``init_cfg`` checkpoint if one is given (called by mmengine runners)."""
@@ -549,10 +519,6 @@ class MambaVision(nn.Module):
             from ..checkpoint.convert import load_pretrained
             load_pretrained(self, self.init_cfg)
         self.is_init = True
-
-    def no_weight_decay(self) -> set:
-        """Names of the parameters that must not decay (A_log, D)."""
-        return {name for name, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -574,20 +540,6 @@ def _per_stage(value: Union[int, Sequence[int]], name: str) -> List[int]:
     if len(value) != NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in value):
         raise ValueError(f'MambaVision: {name} must be a positive int or {NUM_STAGES} positive ints, got {value}')
     return value
-
-
-def _normalise_indices(indices: Union[int, Sequence[int]], num_stages: int) -> Tuple[int, ...]:
-    indices = (indices,) if isinstance(indices, int) else tuple(indices)
-    if not indices:
-        raise ValueError('MambaVision: out_indices must name at least one stage')
-    result = []
-    for index in indices:
-        if not -num_stages <= index < num_stages:
-            raise ValueError(f'MambaVision: out_indices entry {index} is out of range for {num_stages} stages')
-        result.append(index % num_stages)
-    if len(set(result)) != len(result):
-        raise ValueError(f'MambaVision: out_indices {indices} name a stage twice')
-    return tuple(sorted(result))
 
 
 def _unknown_keys_message(owner: str, unknown: dict, init) -> str:

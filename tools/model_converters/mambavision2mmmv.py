@@ -13,13 +13,12 @@ SRC is read with mmmv's safe loader: a file that would run code when unpickled i
 be mapped is listed; the conversion fails on any unless --allow-unmapped is given.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from mmmv.checkpoint.convert import convert_checkpoint  # noqa: E402
+from mmmv.checkpoint.convert import convert_checkpoint, save_converted  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,16 +36,7 @@ def main(argv=None) -> int:
     result, unmapped = convert_checkpoint(args.src)
     meta = result['meta']
     print(f'{args.src}: {meta["source_layout"]} layout, {len(result["state_dict"])} tensors converted')
-    if unmapped:
-        print(f'{len(unmapped)} keys could not be mapped:', *unmapped, sep='\n  ')
-        if not args.allow_unmapped:
-            print('nothing written; pass --allow-unmapped to drop them', file=sys.stderr)
-            return 1
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    import torch
-    torch.save(result, args.dst)
-    print(f'saved {args.dst}')
-    return 0
+    return save_converted(result, unmapped, args.dst, args.allow_unmapped)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,73 @@
+"""What mmmv's OpenMMLab backbones share: frozen stages, ``norm_eval``, the stages a narrowed backbone does not
+build, no-weight-decay names and the checking of ``out_indices``."""
+from typing import List, Sequence, Tuple, Union
+
+import torch.nn as nn
+
+
+class StagedBackbone(nn.Module):
+    """Base of a backbone with a ``patch_embed``, a ``ModuleList`` of stages (the attribute named by ``STAGES_ATTR``,
+    each stage possibly ending with a ``downsample``) and optional per-output norms ``norm{i}``.
+
+    Subclasses set ``num_stages``, ``frozen_stages`` (-1: nothing; 0: the patch embedding; k: also stages 0..k-1 with
+    their output norms) and ``norm_eval`` (BatchNorms stay in eval mode while training).
+    """
+
+    STAGES_ATTR = 'stages'
+
+    @property
+    def built_stages(self) -> nn.ModuleList:
+        return getattr(self, self.STAGES_ATTR)
+
+    def skipped_state_prefixes(self) -> List[str]:
+        """State-dict prefixes of a full model that this one does not build (stages after the last output)."""
+        attr, built = self.STAGES_ATTR, len(self.built_stages)
+        return [f'{attr}.{built - 1}.downsample.'] + [f'{attr}.{i}.' for i in range(built, self.num_stages)]
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.patch_embed]
+        for i in range(min(self.frozen_stages, len(self.built_stages))):
+            modules.append(self.built_stages[i])
+            if hasattr(self, f'norm{i}'):
+                modules.append(getattr(self, f'norm{i}'))
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'StagedBackbone':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def no_weight_decay(self) -> set:
+        """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
+        return no_weight_decay_names(self)
+
+
+def no_weight_decay_names(model: nn.Module) -> set:
+    return {name for name, p in model.named_parameters() if getattr(p, '_no_weight_decay', False)}
+
+
+def normalise_indices(indices: Union[int, Sequence[int]], num_stages: int, owner: str) -> Tuple[int, ...]:
+    """Sorted non-negative stage indices; a ValueError naming ``owner`` for empty, out-of-range or repeated ones."""
+    indices = (indices,) if isinstance(indices, int) else tuple(indices)
+    if not indices:
+        raise ValueError(f'{owner}: out_indices must name at least one stage')
+    result = []
+    for index in indices:
+        if not isinstance(index, int) or not -num_stages <= index < num_stages:
+            raise ValueError(f'{owner}: out_indices entry {index!r} is out of range for {num_stages} stages')
+        result.append(index % num_stages)
+    if len(set(result)) != len(result):
+        raise ValueError(f'{owner}: out_indices {indices} name a stage twice')
+    return tuple(sorted(result))
