@@ -13,7 +13,7 @@ image_size = (64, 64)
 demo_data = dict(num_train=40, num_val=12, image_size=image_size, seed=0)  # mmmv.datasets.generate_demo_lesions
 
 # VM-UNet's architecture at a quarter of its width and half its depth, from scratch (no download offline): the same
-# modules, about 2.3 M parameters instead of 27.4 M, so that a CPU trains it in minutes.
+# modules, about 1.2 M parameters instead of 27.4 M, so that a CPU trains it in minutes.
 embed_dim = 24
 model = dict(
     data_preprocessor=dict(size=image_size),
