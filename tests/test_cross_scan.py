@@ -82,24 +82,28 @@ def make_inputs(height: int, width: int, batch: int = 2, inner: int = 3, state: 
     return {n: None if t is None else t.requires_grad_() for n, t in inputs.items()}
 
 
-def assert_matches_reference(inputs, height, width, delta_softplus=True, backend='torch', fused=None):
-    ref_inputs = {n: None if t is None else t.detach().double().requires_grad_() for n, t in inputs.items()}
-    y = cross_selective_scan(**inputs, delta_softplus=delta_softplus, height=height, width=width, backend=backend,
-                             fused=fused)
+def assert_matches_reference(inputs, height, width, delta_softplus=True, backend='torch', fused=None, run=None):
+    """`cross_selective_scan` (or `run`, called like it) against the reference: the output and every gradient."""
+    ref_inputs = {n: None if t is None else t.detach().double().cpu().requires_grad_() for n, t in inputs.items()}
+    if run is None:
+        y = cross_selective_scan(**inputs, delta_softplus=delta_softplus, height=height, width=width,
+                                 backend=backend, fused=fused)
+    else:
+        y = run(**inputs, delta_softplus=delta_softplus, height=height, width=width)
     y_ref = reference_cross_selective_scan(**ref_inputs, delta_softplus=delta_softplus, height=height, width=width)
     dtype = inputs['u'].dtype
     rtol, atol = TOLERANCES[dtype]
     assert y.dtype == dtype and y.shape == inputs['u'].shape
-    torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=atol, msg=lambda m: f'y: {m}')
+    torch.testing.assert_close(y.double().cpu(), y_ref, rtol=rtol, atol=atol, msg=lambda m: f'y: {m}')
 
     names = [n for n in INPUT_NAMES if inputs[n] is not None]
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-    grads = torch.autograd.grad(y, [inputs[n] for n in names], dy.to(dtype))
+    grads = torch.autograd.grad(y, [inputs[n] for n in names], dy.to(dtype).to(y.device))
     grads_ref = torch.autograd.grad(y_ref, [ref_inputs[n] for n in names], dy.double())
     for name, grad, grad_ref in zip(names, grads, grads_ref):
         assert grad.shape == inputs[name].shape and grad.dtype == inputs[name].dtype, name
         rtol_factor, atol_factor = GRAD_TOLERANCE_FACTORS.get(name, (1, 1))
-        torch.testing.assert_close(grad.double(), grad_ref, rtol=rtol * rtol_factor, atol=atol * atol_factor,
+        torch.testing.assert_close(grad.double().cpu(), grad_ref, rtol=rtol * rtol_factor, atol=atol * atol_factor,
                                    msg=lambda m, name=name: f'd{name}: {m}')
 
 
@@ -203,6 +207,110 @@ def test_scan_triton_backend_unfused():
 
 
 # ----------------------------------------------------------------------------------------------------
+# The fused Triton 2D scan (the interpreter on CPU; tests/test_selective_scan_gpu.py repeats these at full size).
+# ----------------------------------------------------------------------------------------------------
+def _triton_device() -> str:
+    pytest.importorskip('triton')
+    from mmmv.ops.selective_scan import triton_backend
+    if not torch.cuda.is_available() and not triton_backend.interpreting():
+        pytest.skip('no CUDA and TRITON_INTERPRET is not set')
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def _fused_run(chunk_size=None, n_splits=None):
+    """cross_selective_scan_triton with the launch heuristics overridden, to cross chunk and split boundaries."""
+    from mmmv.ops.selective_scan.triton_backend import cross_selective_scan_triton
+
+    def run(**inputs):
+        return cross_selective_scan_triton(**inputs, chunk_size=chunk_size, n_splits=n_splits)
+
+    return run
+
+
+def _on(device: str, inputs):
+    return {n: None if t is None else t.detach().to(device).requires_grad_() for n, t in inputs.items()}
+
+
+# (height, width, chunk_size, n_splits): chunks of 2 and 4 tokens and several splits cut every direction's order
+# at places that are not row or column ends; single rows and columns make two directions coincide.
+FUSED_CASES = [(3, 5, 4, None), (5, 3, 2, 3), (1, 7, 2, 2), (6, 1, 4, 2), (4, 4, None, None), (1, 1, None, None),
+               (7, 9, 8, 3)]
+
+
+@pytest.mark.parametrize('height, width, chunk_size, n_splits', FUSED_CASES)
+def test_fused_matches_reference(height, width, chunk_size, n_splits):
+    inputs = _on(_triton_device(), make_inputs(height, width, batch=2, inner=3))
+    assert_matches_reference(inputs, height, width, run=_fused_run(chunk_size, n_splits))
+
+
+@pytest.mark.parametrize('has_D, has_bias, softplus', [(False, False, False), (True, False, True),
+                                                       (False, True, False)])
+def test_fused_optional_inputs(has_D, has_bias, softplus):
+    inputs = _on(_triton_device(), make_inputs(2, 5, D=has_D, delta_bias=has_bias))
+    assert_matches_reference(inputs, 2, 5, delta_softplus=softplus, run=_fused_run(chunk_size=4))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_fused_half_dtypes(dtype):
+    """Half-precision inputs are read as they are and computed in float32; outputs and gradients in their dtype."""
+    inputs = _on(_triton_device(), make_inputs(3, 4, dtype=dtype))
+    assert_matches_reference(inputs, 3, 4, run=_fused_run(chunk_size=4))
+
+
+def test_fused_reads_views_in_place():
+    """Strided views (u a transposed channels-last map, delta straight from VM-UNet's einsum, B / C slices of one
+    projection) give the reference result."""
+    device = _triton_device()
+    batch, inner, state, height, width = 2, 3, 4, 3, 5
+    base = {n: t.detach().to(device) for n, t in make_inputs(height, width, batch=batch, inner=inner,
+                                                             state=state).items()}
+    u = base['u'].transpose(1, 2).contiguous().transpose(1, 2)  # (B, Di, L) stored token-major
+    delta = base['delta'].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # as einsum may return it
+    x_dbl = torch.cat([base['B'], base['C']], dim=2)  # (B, 4, 2N, L): B and C are slices of one tensor
+    inputs = dict(base, u=u, delta=delta, B=x_dbl[:, :, :state], C=x_dbl[:, :, state:])
+    assert not any(inputs[n].is_contiguous() for n in ('u', 'delta', 'B', 'C'))
+    inputs = {n: t.requires_grad_() for n, t in inputs.items()}
+    assert_matches_reference(inputs, height, width, run=_fused_run(chunk_size=4))
+
+
+def test_fused_equals_unfused_and_is_the_default():
+    """With the scan on Triton, fused=None takes the fused path, whose result equals the unfused path's."""
+    device = _triton_device()
+    inputs = {n: t.detach().to(device) for n, t in make_inputs(4, 6, batch=1, inner=2).items()}
+    assert cross_scan_module._resolve_fused(None, 'triton', inputs['u']) is True
+    fused = cross_selective_scan(**inputs, height=4, width=6, backend='triton')
+    unfused = cross_selective_scan(**inputs, height=4, width=6, backend='triton', fused=False)
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_compiles_to_one_graph():
+    """torch.compile(fullgraph=True) traces the dispatch and keeps the fused scan as the custom op."""
+    device = _triton_device()
+    inputs = {n: t.detach().to(device).requires_grad_() for n, t in make_inputs(3, 4, batch=1, inner=2).items()}
+
+    def step(u, delta, A, B, C, D, delta_bias):
+        return cross_selective_scan(u * 2, delta, A, B, C, D, delta_bias, height=3, width=4,
+                                    backend='triton').square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend='aot_eager' if device == 'cpu' else 'inductor')
+    loss = compiled(**inputs)
+    grads = torch.autograd.grad(loss, [inputs['u'], inputs['B']])
+    expected = step(**inputs)
+    grads_expected = torch.autograd.grad(expected, [inputs['u'], inputs['B']])
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, grads_expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_fused_rejects_float64():
+    _triton_device()
+    inputs = {n: t.detach() for n, t in make_inputs(2, 3, dtype=torch.float64).items()}
+    with pytest.raises(TypeError, match=r"takes float16, bfloat16 or float32 inputs; u is torch.float64 "
+                                        r"\(use backend='torch' for float64\)"):
+        cross_selective_scan(**inputs, height=2, width=3, backend='triton', fused=True)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Fused-path dispatch and argument errors.
 # ----------------------------------------------------------------------------------------------------
 def test_fused_dispatch(monkeypatch):
@@ -225,10 +333,10 @@ def test_fused_dispatch(monkeypatch):
     monkeypatch.setattr(cross_scan_module, '_fused_implementation', lambda required=True: fake)
     out = cross_selective_scan(**inputs, height=2, width=3, backend='triton', fused=True)
     assert calls == [(2, 3, True)] and torch.equal(out, torch.zeros_like(u))
-    assert cross_scan_module._resolve_fused(None, 'triton', u) is False  # the default stays unfused ...
-    monkeypatch.setattr(cross_scan_module, 'FUSED_BY_DEFAULT', True)
-    assert cross_scan_module._resolve_fused(None, 'triton', u) is True  # ... until the lead flips it
+    assert cross_scan_module._resolve_fused(None, 'triton', u) is True  # the default on Triton is fused ...
     assert cross_scan_module._resolve_fused(None, 'torch', u) is False
+    monkeypatch.setattr(cross_scan_module, 'FUSED_BY_DEFAULT', False)
+    assert cross_scan_module._resolve_fused(None, 'triton', u) is False  # ... unless the module flag is off
 
 
 def test_fused_missing_implementation(monkeypatch):

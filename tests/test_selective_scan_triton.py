@@ -129,7 +129,14 @@ def test_deterministic():
 # ----------------------------------------------------------------------------------------------------
 def test_custom_op_registration():
     inputs = make_inputs(length=9, device=DEVICE)
-    args = (*(inputs[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')), True, True, 4, 2)
+    args = (*(inputs[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')), True, True, 4, 2, 0)
+    torch.library.opcheck(torch.ops.mmmv.selective_scan_fwd.default, args,
+                          test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+    # the fused 2D scan (height 3 of a 3 x 4 map): u (batch, Di, L), delta (batch, 4, Di, L), B / C per direction
+    from test_cross_scan import make_inputs as make_cross_inputs
+    cross = make_cross_inputs(3, 4, batch=1, inner=2, state=4)
+    args = (*(cross[k].to(DEVICE) for k in ('u', 'delta', 'A', 'B', 'C', 'D')), None, cross['delta_bias'].to(DEVICE),
+            True, False, 4, 2, 3)
     torch.library.opcheck(torch.ops.mmmv.selective_scan_fwd.default, args,
                           test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
 
@@ -244,6 +251,7 @@ def test_triton_on_cpu_without_interpreter_fails_clearly():
 
 def test_missing_triton_fails_clearly(monkeypatch):
     monkeypatch.setattr(interface.importlib.util, 'find_spec', lambda name: None)
+    monkeypatch.setattr(interface, '_loaded', {})
     with pytest.raises(ValueError, match=r"backend 'triton' needs the triton package: pip install triton"):
         interface.BACKENDS['triton']()
 
@@ -267,6 +275,7 @@ def test_mambavision_runs_on_the_triton_path(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(triton_backend, 'selective_scan_triton', counting)
+    monkeypatch.setitem(interface._loaded, 'triton', counting)  # the dispatcher keeps the imported function
     torch.manual_seed(0)
     model = MambaVision(arch=dict(dim=16, in_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2),
                                   window_size=(4, 4, 2, 2)), out_indices=(2, 3), drop_path_rate=0.0,

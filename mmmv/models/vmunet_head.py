@@ -8,7 +8,7 @@ VM-UNet is then a plain mmseg ``EncoderDecoder``::
         decode_head=dict(type='VMUNetHead', num_classes=2, out_channels=1,
                          loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True)))
 
-The decoder mirrors the encoder: stage 0 runs VSS blocks on the bottleneck (H/32, no upsampling); stages 1-3 add the
+The decoder (:mod:`mmmv.models.vmunet_decoder`, which needs no mmseg) mirrors the encoder: stage 0 runs VSS blocks on the bottleneck (H/32, no upsampling); stages 1-3 add the
 input of encoder stage 3, 2, 1 (a plain sum, before upsampling), then a :class:`~mmmv.models.vss.PatchExpand` halves
 the channels and doubles the resolution, then VSS blocks. A final 4x expansion and a 1x1 convolution (mmseg's
 ``conv_seg``, VM-UNet's ``final_conv``) give logits at the input resolution. Parameter names follow VM-UNet
@@ -17,10 +17,9 @@ the channels and doubles the resolution, then VSS blocks. A final 4x expansion a
 This module imports mmseg; ``import mmmv`` does not import it (the registry builds the head through
 :func:`build_vmunet_head`, which imports this module on first use).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 
 try:
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead
@@ -31,37 +30,8 @@ except ImportError as error:  # re-raised with the fix; mmseg is an optional dep
 from ..ops.selective_scan import scan_backend as use_scan_backend
 from ..ops.selective_scan.interface import check_backend_name
 from .backbone_base import no_weight_decay_names
-from .vss import (PATCH_SIZE, SS2D_D_STATE, FinalPatchExpand4x, PatchExpand, init_vss_weights, make_blocks,
-                  reset_vss_weights, run_blocks)
-
-DECODER_DEPTHS = (2, 2, 2, 1)
-ENCODER_CHANNELS = (96, 192, 384, 768, 768)  # stage inputs at H/4 ... H/32, then the bottleneck
-UPSAMPLE = 2
-
-
-class VSSUpStage(nn.Module):
-    """An optional :class:`PatchExpand` (2x, channels halved) cropped to a target size, then VSS blocks (the
-    official ``VSSLayer_up``); (B, H, W, C) channels-last."""
-
-    def __init__(self,
-                 dim: int,
-                 drop_path: Sequence[float],
-                 upsample: bool,
-                 attn_drop_rate: float = 0.0,
-                 d_state: int = SS2D_D_STATE,
-                 with_cp: bool = False):
-        super().__init__()
-        self.with_cp = with_cp
-        self.upsample = PatchExpand(UPSAMPLE * dim, scale=UPSAMPLE) if upsample else None
-        self.blocks = make_blocks(dim, drop_path, attn_drop_rate, d_state)
-
-    def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        if self.upsample is not None:
-            x = self.upsample(x)
-            if size is not None:
-                x = x[:, :size[0], :size[1]]
-        return run_blocks(self.blocks, x, self.with_cp)
-
+from .vmunet_decoder import DECODER_DEPTHS, ENCODER_CHANNELS, decode, decoder_dims, decoder_stages
+from .vss import PATCH_SIZE, FinalPatchExpand4x, init_vss_weights, reset_vss_weights
 
 class VMUNetHead(BaseDecodeHead):
     """VM-UNet's decoder on the maps of ``VSSEncoder(out_type='unet', out_indices=(0, 1, 2, 3), out_norm=None)``.
@@ -117,29 +87,14 @@ class VMUNetHead(BaseDecodeHead):
                          sampler=sampler, align_corners=align_corners, init_cfg=init_cfg)
         self.decoder_dims = dims
         self.scan_backend = None if scan_backend is None else check_backend_name(scan_backend, 'VMUNetHead')
-        dpr = torch.linspace(0, drop_path_rate, sum(decoder_depths), device='cpu').tolist()[::-1]
-        self.layers_up = nn.ModuleList()
-        for j, (dim, depth) in enumerate(zip(dims, decoder_depths)):
-            start = sum(decoder_depths[:j])
-            self.layers_up.append(VSSUpStage(dim, dpr[start:start + depth], upsample=j > 0,
-                                             attn_drop_rate=attn_drop_rate, with_cp=with_cp))
+        self.layers_up = decoder_stages(dims, decoder_depths, drop_path_rate, attn_drop_rate, with_cp)
         self.final_up = FinalPatchExpand4x(dims[-1])
         self.apply(init_vss_weights)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """inputs: the backbone's NCHW maps -> logits (B, out_channels, 4 * h0, 4 * w0), h0 x w0 the stride-4 map."""
-        maps = self._transform_inputs(inputs)
-        skips = [m.permute(0, 2, 3, 1) for m in maps[:-1]]  # stage inputs, strides 4 .. 32, channels-last
-        x = maps[-1].permute(0, 2, 3, 1)
-        num_stages = len(self.layers_up)
         with use_scan_backend(self.scan_backend):
-            for j, stage in enumerate(self.layers_up):
-                if j == 0:
-                    x = stage(x)
-                else:
-                    skip = skips[num_stages - j]
-                    x = stage(x + skip, size=skips[num_stages - j - 1].shape[1:3])
-        x = self.final_up(x).permute(0, 3, 1, 2).contiguous()
+            x = decode(self.layers_up, self.final_up, self._transform_inputs(inputs))
         return self.cls_seg(x)
 
     # The logits cover the input zero-padded to a multiple of 4 (the patch size); cropping them to the target, not
@@ -165,25 +120,6 @@ class VMUNetHead(BaseDecodeHead):
     def no_weight_decay(self) -> set:
         """Names of the parameters that must not decay (A_logs, Ds)."""
         return no_weight_decay_names(self)
-
-
-def decoder_dims(in_channels: Sequence[int], decoder_depths: Sequence[int]) -> List[int]:
-    """The decoder stages' widths (bottleneck width halved per stage), after checking that ``in_channels`` are the
-    encoder's stage inputs plus its bottleneck for that many stages."""
-    in_channels = list(in_channels)
-    num_stages = len(decoder_depths)
-    if num_stages < 1 or not all(isinstance(d, int) and d >= 0 for d in decoder_depths):
-        raise ValueError(f'VMUNetHead: decoder_depths must be non-negative ints, got {decoder_depths}')
-    if len(in_channels) != num_stages + 1:
-        raise ValueError(f'VMUNetHead: {num_stages} decoder stages take {num_stages + 1} maps (the inputs of '
-                         f'{num_stages} encoder stages and the bottleneck), got in_channels={in_channels}')
-    bottleneck = in_channels[-1]
-    dims = [bottleneck // UPSAMPLE ** j for j in range(num_stages)]
-    expected = dims[::-1] + [bottleneck]
-    if in_channels != expected or dims[-1] % PATCH_SIZE or bottleneck % UPSAMPLE ** (num_stages - 1):
-        raise ValueError(f'VMUNetHead: in_channels must be the encoder stage inputs and bottleneck, widths doubling '
-                         f'per stage (e.g. {list(ENCODER_CHANNELS)}): expected {expected}, got {in_channels}')
-    return dims
 
 
 def crop_padding(seg_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -18,21 +18,24 @@ first and projecting after.
 Paths of `cross_selective_scan`:
     unfused  build the four permuted copies with index gathers (one cached index per (H, W, device)), run
              `selective_scan` over 4 * Di channels, then `cross_merge`. Works on every scan backend.
-    fused    ``cross_selective_scan_triton`` in ``selective_scan/triton_backend.py`` reads and merges the four
-             directions by index arithmetic inside the kernels (no permuted copies). Chosen with ``fused=True``;
-             ``fused=None`` uses it when `FUSED_BY_DEFAULT` is set and the scan runs on Triton.
+    fused    ``cross_selective_scan_triton`` in ``selective_scan/triton_backend.py`` runs the Triton scan kernels
+             with the four directions as channel groups: each kernel finds a direction's tokens in the raster
+             inputs by index arithmetic, reads the shared u in place, and writes the direction's output in raster
+             order; the four outputs (and, in backward, the four shares of du) are summed. No permuted copies.
+             Chosen with ``fused=True``; ``fused=None`` uses it whenever the scan runs on Triton
+             (`FUSED_BY_DEFAULT`). Both paths give the same results up to float32 rounding.
 """
 import functools
-import importlib.util
 from typing import Optional, Tuple
 
 import torch
 
 from .selective_scan import resolve_backend, selective_scan
+from .selective_scan.interface import SUPPORTED_DTYPES, triton_available
 
 NUM_DIRECTIONS = 4
 # Whether fused=None picks the fused Triton path when the scan runs on Triton (the unfused path otherwise).
-FUSED_BY_DEFAULT = False
+FUSED_BY_DEFAULT = True
 _INDEX_CACHE_SIZE = 64
 _PREFIX = 'cross_selective_scan: '
 
@@ -194,7 +197,7 @@ def _resolve_fused(fused: Optional[bool], backend: Optional[str], u: torch.Tenso
 def _fused_implementation(required: bool = True):
     """``cross_selective_scan_triton`` from the Triton backend; None (or, if `required`, a ValueError with the fix)
     when triton or the function is missing."""
-    if importlib.util.find_spec('triton') is None:
+    if not triton_available():  # a constant to torch.compile, which cannot trace the import machinery
         if not required:
             return None
         raise ValueError(f'{_PREFIX}fused 2D scan needs the triton package: pip install triton; or pass fused=False')
@@ -214,14 +217,19 @@ def _fused(u, delta, A, B, C, D, delta_bias, delta_softplus, *, height, width):
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias, height, width) -> None:
-    """Raise a TypeError / ValueError naming the argument, its expected and its received shape. Dtypes and devices
-    are checked by `selective_scan`."""
+    """Raise a TypeError / ValueError naming the argument, its expected and its received shape, dtype or device."""
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
     for name, tensor in tensors.items():
         if tensor is None and name in ('D', 'delta_bias'):
             continue
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f'{_PREFIX}{name} must be a torch.Tensor, got {type(tensor).__name__}')
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f'{_PREFIX}{name} has unsupported dtype {tensor.dtype}; '
+                            f'expected one of {", ".join(map(str, SUPPORTED_DTYPES))}')
+        if tensor.device != u.device:
+            raise ValueError(f'{_PREFIX}{name} is on {tensor.device} but u is on {u.device}; '
+                             'all inputs must be on one device')
     if u.dim() != 3:
         raise ValueError(f'{_PREFIX}u must have shape (batch, Di, H*W), got {tuple(u.shape)}')
     batch, inner, length = u.shape

@@ -1,7 +1,8 @@
 """Benchmark the selective scan backends against mamba_ssm, and the torch backend against a Python loop.
 
-GPU tables (one per dtype): the seven cases of ANCHORS.md section 3, forward and forward + backward, median ms
-from `triton.testing.do_bench` (CUDA events when triton is missing), for `selective_scan(..., backend='triton')`,
+GPU tables (two per dtype): the seven cases of ANCHORS.md section 3, forward and forward + backward, as median ms
+per call from `triton.testing.do_bench` (CUDA events when triton is missing; host launch overhead included) and as
+GPU kernel time per call from torch.profiler (host overhead excluded, as when the GPU has queued work), for `selective_scan(..., backend='triton')`,
 `selective_scan(..., backend='torch')` and mamba_ssm's `selective_scan_fn` (when
 `mamba_ssm.ops.selective_scan_interface` imports); a backend that raises shows 'n/a'. Then the ratios
 triton / mamba_ssm and triton / HBM floor, the floor being the bytes that must move at --bandwidth (or at the
@@ -199,8 +200,30 @@ def wall_ms(fn: Callable, device) -> float:
 # ----------------------------------------------------------------------------------------------------
 # Sections.
 # ----------------------------------------------------------------------------------------------------
+def kernel_ms(fn: Callable, calls: int = 10) -> float:
+    """ms of GPU work per call of fn: the device time of every kernel, copy and fill it launches (torch.profiler),
+    without the host time between launches. Host overhead is hidden when the GPU has queued work, as in
+    training; `gpu_ms` shows it when it is not."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    device_us = sum(event.self_device_time_total for event in prof.key_averages()
+                    if event.device_type == torch.autograd.DeviceType.CUDA)
+    return device_us / calls / 1e3
+
+
+TIMINGS = {
+    'ms': ('median ms per call (triton.testing.do_bench: host launch overhead included)', gpu_ms),
+    'kernel_ms': ('GPU kernel time per call, ms (torch.profiler: host overhead excluded)', kernel_ms),
+}
+
+
 def gpu_tables(args, device) -> List[dict]:
-    """Time every backend, case, dtype and mode; print a markdown table per dtype."""
+    """Time every backend, case, dtype and mode (per call, and GPU kernel time); print markdown tables."""
     bandwidth = measured_bandwidth(device) if args.measure_bandwidth else args.bandwidth
     print(f'HBM floor at {bandwidth / 1e12:.2f} TB/s ({"measured" if args.measure_bandwidth else "given"})\n')
     backends = {'triton': mmmv_scan('triton'), 'torch': mmmv_scan('torch'), 'mamba_ssm': mamba_ssm_scan()}
@@ -208,44 +231,50 @@ def gpu_tables(args, device) -> List[dict]:
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         errors = {}
-        header = ['case', '(batch, D, L, N)']
-        header += [f'{backend} {mode}' for mode in args.modes for backend in backends]
-        header += [f'triton/mamba_ssm {mode}' for mode in args.modes] + [f'triton/floor {mode}' for mode in args.modes]
-        print(f'### {dtype_name}, median ms\n')
-        print('| ' + ' | '.join(header) + ' |')
-        print('|' + '---|' * len(header))
+        dtype_rows = []
         for key in args.cases:
             case = GPU_CASES[key]
-            row = dict(case=key, shape=list(case[1:]), dtype=dtype_name, ms={}, floor_ms={})
+            row = dict(case=key, shape=list(case[1:]), dtype=dtype_name, ms={}, kernel_ms={}, floor_ms={})
             for mode in args.modes:
                 sets = [make_inputs(case, dtype, device, mode != 'fwd', seed) for seed in range(args.sets)]
                 row['floor_ms'][mode] = 1e3 * floor_bytes(case, sets[0]['u'].element_size(), mode) / bandwidth
                 for backend, scan in backends.items():
-                    ms = None
-                    if scan is not None:
-                        try:
-                            ms = gpu_ms(rotating([make_call(scan, inputs, mode) for inputs in sets]))
-                        except Exception as error:  # noqa: BLE001 - reported under the table as 'n/a'
-                            errors.setdefault(backend, f'{type(error).__name__}: {error}')
-                    row['ms'][f'{backend} {mode}'] = ms
+                    for timing in args.timings:
+                        ms = None
+                        if scan is not None:
+                            try:
+                                ms = TIMINGS[timing][1](rotating([make_call(scan, inputs, mode) for inputs in sets]))
+                            except Exception as error:  # noqa: BLE001 - reported under the table as 'n/a'
+                                errors.setdefault(backend, f'{type(error).__name__}: {error}')
+                        row[timing][f'{backend} {mode}'] = ms
                 del sets
                 torch.cuda.empty_cache()
-            rows.append(row)
-            print('| ' + ' | '.join(_gpu_cells(row, backends, args.modes)) + ' |', flush=True)
+            dtype_rows.append(row)
+            print(f'  timed {key} {dtype_name}', file=sys.stderr, flush=True)
+        for timing in args.timings:
+            header = ['case', '(batch, D, L, N)']
+            header += [f'{backend} {mode}' for mode in args.modes for backend in backends]
+            header += [f'triton/mamba_ssm {mode}' for mode in args.modes]
+            header += [f'triton/floor {mode}' for mode in args.modes]
+            print(f'### {dtype_name}, {TIMINGS[timing][0]}\n')
+            print('| ' + ' | '.join(header) + ' |')
+            print('|' + '---|' * len(header))
+            for row in dtype_rows:
+                print('| ' + ' | '.join(_gpu_cells(row, row[timing], backends, args.modes)) + ' |')
+            print()
         for backend, error in errors.items():
-            print(f'\n{backend} n/a: {error.splitlines()[0][:300]}')
-        print()
+            print(f'{backend} n/a: {error.splitlines()[0][:300]}\n')
+        rows += dtype_rows
     return rows
 
 
-def _gpu_cells(row: dict, backends, modes) -> List[str]:
+def _gpu_cells(row: dict, ms: dict, backends, modes) -> List[str]:
     def cell(value, digits=3, suffix=''):
         return 'n/a' if value is None else f'{value:.{digits}f}{suffix}'
 
     def ratio(numerator, denominator):
         return None if numerator is None or denominator is None else numerator / denominator
 
-    ms = row['ms']
     cells = [GPU_CASES[row['case']].name, str(tuple(row['shape']))]
     cells += [cell(ms[f'{backend} {mode}']) for mode in modes for backend in backends]
     cells += [cell(ratio(ms[f'triton {mode}'], ms[f'mamba_ssm {mode}']), 2, 'x') for mode in modes]
@@ -315,6 +344,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help=f'comma-separated subset of {",".join(GPU_CASES)}')
     parser.add_argument('--dtypes', type=names(DTYPES), default=list(DTYPES))
     parser.add_argument('--modes', type=names(MODES), default=list(MODES))
+    parser.add_argument('--timings', type=names(list(TIMINGS)), default=list(TIMINGS),
+                        help='ms: per call as a user sees it; kernel_ms: GPU work only')
     parser.add_argument('--sets', type=int, default=3, help='input sets rotated through by the timed calls')
     parser.add_argument('--bandwidth', type=float, default=3.0e12, help='HBM bytes per second for the floor')
     parser.add_argument('--measure-bandwidth', action='store_true', help='use a device-to-device copy instead')

@@ -6,7 +6,6 @@ The backend of a call is, in order: the `backend` argument; the innermost `scan_
 otherwise.
 """
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
@@ -26,12 +25,18 @@ _logger = logging.getLogger(__name__)
 _override = threading.local()
 
 
+_loaded: Dict[str, Callable] = {}  # the imported Triton backend, once imported
+
+
 def _triton_implementation() -> Callable:
     """The Triton backend, imported on first use (importing triton reads TRITON_INTERPRET)."""
+    if 'triton' in _loaded:
+        return _loaded['triton']
     if importlib.util.find_spec('triton') is None:
         raise ValueError(f"{_PREFIX}backend 'triton' needs the triton package: pip install triton "
                          "(or `pip install mmmv[triton]`); or use backend='torch'")
     from .triton_backend import selective_scan_triton
+    _loaded['triton'] = selective_scan_triton
     return selective_scan_triton
 
 
@@ -40,18 +45,22 @@ BACKENDS: Dict[str, Callable[[], Callable]] = {
     'torch': lambda: selective_scan_torch,
     'triton': _triton_implementation,
 }
+_triton_checked: Dict[str, bool] = {}
 
 
-@functools.lru_cache(maxsize=None)
+# torch.compile runs this once while tracing and keeps the answer (the import machinery cannot be traced)
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Whether the Triton backend imports here (auto dispatch sends CUDA tensors to it then)."""
-    try:
-        _triton_implementation()
-    except Exception as error:  # noqa: BLE001 - reported once: auto dispatch then uses the torch backend
-        _logger.warning('mmmv: the Triton selective scan is unavailable (%s: %s); CUDA tensors use the slower '
-                        "torch backend. pip install triton to get it.", type(error).__name__, error)
-        return False
-    return True
+    if 'available' not in _triton_checked:
+        try:
+            _triton_implementation()
+            _triton_checked['available'] = True
+        except Exception as error:  # noqa: BLE001 - reported once: auto dispatch then uses the torch backend
+            _logger.warning('mmmv: the Triton selective scan is unavailable (%s: %s); CUDA tensors use the slower '
+                            "torch backend. pip install triton to get it.", type(error).__name__, error)
+            _triton_checked['available'] = False
+    return _triton_checked['available']
 
 
 def check_backend_name(backend, source: str) -> str:
@@ -150,7 +159,10 @@ def selective_scan(
         ValueError: shapes or devices do not match, or the backend is unknown or not available.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    implementation = BACKENDS[resolve_backend(backend, u)]()
+    name = resolve_backend(backend, u)
+    if name == 'triton':
+        triton_available()  # imports the backend outside torch.compile's tracing
+    implementation = BACKENDS[name]()
     return implementation(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state)
 

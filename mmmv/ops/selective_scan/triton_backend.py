@@ -6,8 +6,15 @@ The kernels need a CUDA GPU, or CPU tensors with ``TRITON_INTERPRET=1`` set befo
 (that is how CI runs them). Inputs are read in place through their strides; float16 / bfloat16 / float32 inputs are
 computed in float32 and every output comes back in its input's dtype (float64 belongs to the torch backend).
 
+The same kernels run the fused four-direction 2D scan (`cross_selective_scan_triton`, called by
+`mmmv.ops.cross_selective_scan`): with ``height`` set, the channel groups are the four scan directions of an
+H x W map, and the kernels find each direction's tokens in the raster-ordered inputs by index arithmetic, read the
+shared u once per direction without copies, and write each direction's output in raster order; the four are summed
+here. No permuted copy of anything is made.
+
 Layers: launch configuration (`LaunchConfig`, `launch_config`) -> kernel launchers (`scan_forward`,
-`scan_backward`) -> custom ops -> `selective_scan_triton`, called by `interface.selective_scan`.
+`scan_backward`) -> custom ops -> `selective_scan_triton` (called by `interface.selective_scan`) and
+`cross_selective_scan_triton`.
 """
 import math
 import os
@@ -20,11 +27,16 @@ from . import triton_kernels as kernels
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A (tokens, channels, states) tile gives each thread all tokens of one (channel, state) pair, so each 3-D working
-# tensor costs a thread `chunk` registers; the backward holds about ten of them, so its chunk stays short.
+# tensor costs a thread `chunk` registers; the backward holds about ten of them. Chunks measured fastest on an H100
+# (fwd + bwd, bf16; docs/benchmarks.md): 8 tokens up to 8 states (MambaVision), 32 tokens for 16 states (VSS).
 THREADS_PER_PROGRAM = 128
-DEFAULT_CHUNK = 16
+BWD_THREADS_PER_PROGRAM = 128
+SHORT_CHUNK, LONG_CHUNK, LONG_CHUNK_STATES = 8, 32, 16
 # programs wanted per streaming multiprocessor before the sequence is split as well
 PROGRAMS_PER_SM = 4
+# backward programs per group of channels: each writes its own partial dB / dC rows (batch, N, L) float32
+MAX_PARTIAL_ROWS = 8
+DIRECTIONS = 4  # of a fused 2D scan
 
 
 def interpreting() -> bool:
@@ -42,10 +54,12 @@ class LaunchConfig:
     n_chunks: int
     fwd_splits: int
     fwd_chunks_per_split: int
+    bwd_block_d: int
     bwd_ch_per_program: int
     bwd_splits: int
     bwd_chunks_per_split: int
-    num_warps: int = 4
+    num_warps: int
+    bwd_num_warps: int
 
 
 def _pow2(x: int) -> int:
@@ -65,7 +79,7 @@ def launch_config(batch: int, dim: int, length: int, state: int, group_channels:
     to cross chunk and split boundaries at small sizes)."""
     states_padded = max(2, _pow2(state))
     if chunk_size is None:
-        chunk = min(DEFAULT_CHUNK, max(16, _pow2(length)))
+        chunk = LONG_CHUNK if states_padded >= LONG_CHUNK_STATES else SHORT_CHUNK
     else:
         if chunk_size < 2 or chunk_size & (chunk_size - 1):
             raise ValueError(f'selective_scan: chunk_size must be a power of two >= 2, got {chunk_size}')
@@ -79,15 +93,21 @@ def launch_config(batch: int, dim: int, length: int, state: int, group_channels:
         target = 1
     fwd_splits, fwd_per_split = _splits(batch * groups * math.ceil(group_channels / block_d), n_chunks, target,
                                        n_splits)
-    # backward programs own several tiles of one group so that their dB / dC partials stay small
-    ch_per_program = min(math.ceil(max(block_d, 4 * state) / block_d) * block_d,
-                         math.ceil(group_channels / block_d) * block_d)
+    # backward programs own one tile of channels or, in wide groups, several, so that the partial dB / dC rows
+    # (one per program) stay few
+    bwd_block_d = max(1, min(_pow2(group_channels), BWD_THREADS_PER_PROGRAM // states_padded))
+    tiles = math.ceil(group_channels / bwd_block_d)
+    ch_per_program = math.ceil(tiles / min(tiles, MAX_PARTIAL_ROWS)) * bwd_block_d
     programs = batch * groups * math.ceil(group_channels / ch_per_program)
     bwd_splits, bwd_per_split = _splits(programs, n_chunks, target, n_splits)
-    # warps cover channels x states exactly: a warp along the tokens would break the in-thread scan
-    num_warps = max(1, min(8, block_d * states_padded // 32))
-    return LaunchConfig(chunk, block_d, states_padded, n_chunks, fwd_splits, fwd_per_split, ch_per_program,
-                        bwd_splits, bwd_per_split, num_warps)
+    return LaunchConfig(chunk, block_d, states_padded, n_chunks, fwd_splits, fwd_per_split, bwd_block_d,
+                        ch_per_program, bwd_splits, bwd_per_split, _warps(block_d, states_padded),
+                        _warps(bwd_block_d, states_padded))
+
+
+def _warps(block_d: int, states_padded: int) -> int:
+    """Warps that cover a (channels, states) tile exactly: a warp along the tokens would break the in-thread scan."""
+    return max(1, min(8, block_d * states_padded // 32))
 
 
 def _grouped(x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +120,14 @@ def _common_group_channels(dim: int, B: torch.Tensor, C: torch.Tensor) -> int:
     return math.gcd(dim // B.shape[1], dim // C.shape[1])
 
 
-def _config_for(u, B, C, chunk_size, n_splits) -> LaunchConfig:
-    batch, dim, length = u.shape
+def _scanned_channels(u: torch.Tensor, height: int) -> int:
+    """Channels scanned: u's, or four times u's in a four-direction scan (``height`` > 0)."""
+    return u.shape[1] * (DIRECTIONS if height else 1)
+
+
+def _config_for(u, B, C, chunk_size, n_splits, height) -> LaunchConfig:
+    batch, _, length = u.shape
+    dim = _scanned_channels(u, height)
     return launch_config(batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size,
                          n_splits)
 
@@ -119,22 +145,37 @@ def _optional(t: Optional[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor
     return fallback if t is None else t
 
 
+def _cross_layout(u, delta, height: int):
+    """(scanned channels, u's channel shift per direction, delta as (batch, channels, L)) of a call; ``height`` > 0
+    marks a four-direction scan, whose delta (batch, 4, Di, L) is merged to (batch, 4 * Di, L) (a view when its
+    strides allow)."""
+    if not height:
+        return u.shape[1], 0, delta
+    batch, inner, length = u.shape
+    return DIRECTIONS * inner, inner, delta.reshape(batch, DIRECTIONS * inner, length)
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
-                 chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+                 chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0):
     """Launch the forward. Returns y (u's dtype), last state (batch, D, N) float32 (empty unless asked for) and
-    the chunk-entry states (batch, D, N, n_chunks) float32 that the backward needs."""
+    the chunk-entry states (batch, n_chunks, D, N) float32 that the backward needs.
+
+    With ``height`` > 0, a four-direction scan of an H x (L / H) map (`cross_selective_scan_triton`): u is
+    (batch, Di, L), delta (batch, 4, Di, L), B and C (batch, 4, N, L), all raster order; y is the sum of the
+    four directions' outputs, (batch, Di, L), summed in float32."""
     _check_runnable(u)
     B, C = _grouped(B), _grouped(C)
-    batch, dim, length = u.shape
+    batch, _, length = u.shape
+    dim, u_shift, delta = _cross_layout(u, delta, height)
     state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, n_splits)
+    cfg = _config_for(u, B, C, chunk_size, n_splits, height)
     group_channels = _common_group_channels(dim, B, C)
     per_group = math.ceil(group_channels / cfg.block_d)
-    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
-    states = torch.empty((batch, dim, state, cfg.n_chunks), device=u.device, dtype=torch.float32)
+    y = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32 if height else u.dtype)
+    states = torch.empty((batch, cfg.n_chunks, dim, state), device=u.device, dtype=torch.float32)
     last = torch.empty((batch, dim, state) if return_last_state else (0, ), device=u.device, dtype=torch.float32)
     grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
-    flags = dict(BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
     carry_h = carry_dt = u
     if cfg.fwd_splits > 1:
         carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
@@ -142,36 +183,43 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
         kernels._fwd_carry_kernel[grid](
             u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
-            state, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+            state, height, u_shift, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     kernels._fwd_kernel[grid](
         u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
         y, states, last, carry_h, carry_dt,
         length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
-        cfg.fwd_splits, state,
+        cfg.fwd_splits, state, height, u_shift,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
+    if height:
+        y = y.view(batch, DIRECTIONS, u_shift, length).sum(1).to(u.dtype)
     return y, last, states
 
 
 def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
-                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0):
     """Launch the backward. Returns du, ddelta, dA, dB, dC, dD, dz, d delta_bias in their inputs' dtypes and
-    shapes; the gradients of absent optional inputs are empty tensors."""
+    shapes; the gradients of absent optional inputs are empty tensors. With ``height`` > 0 (see `scan_forward`),
+    du sums the four directions' shares, in float32."""
     _check_runnable(u)
-    B_shape, C_shape = B.shape, C.shape
+    B_shape, C_shape, delta_shape = B.shape, C.shape, delta.shape
     B, C = _grouped(B), _grouped(C)
-    batch, dim, length = u.shape
+    batch, _, length = u.shape
+    dim, u_shift, delta = _cross_layout(u, delta, height)
     state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, n_splits)
-    if cfg.n_chunks != states.shape[-1]:
+    cfg = _config_for(u, B, C, chunk_size, n_splits, height)
+    if cfg.n_chunks != states.shape[1]:
         raise RuntimeError('selective_scan: the saved states do not match this launch configuration '
-                           f'({states.shape[-1]} chunks saved, {cfg.n_chunks} expected)')
+                           f'({states.shape[1]} chunks saved, {cfg.n_chunks} expected)')
     group_channels = _common_group_channels(dim, B, C)
     per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
     programs = (dim // group_channels) * per_group
-    du = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if height:
+        du = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32)
+    else:
+        du = torch.empty_like(u, memory_format=torch.contiguous_format)
     ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
     dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
@@ -180,7 +228,8 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
     dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
-    flags = dict(BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    bwd_flags = dict(flags, BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
     z_or_u = _optional(z, u)
     carry_g = carry_dt = u
     if splits > 1:
@@ -190,6 +239,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         kernels._bwd_carry_kernel[(batch, dim // group_channels * tiles_per_group, splits)](
             delta, A, C, z_or_u, _optional(delta_bias, u), dout, carry_g, carry_dt,
             length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
+            height, u_shift,
             *delta.stride(), *A.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
@@ -198,22 +248,24 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         carry_g, carry_dt,
         du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
         length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
-        cfg.bwd_chunks_per_split, splits, state,
+        cfg.bwd_chunks_per_split, splits, state, height, u_shift,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
         *du.stride(), *ddelta.stride(), *dz_or_u.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **flags)
+        HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
 
     def per_group_sum(part: torch.Tensor, groups: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         summed = part.view(batch, groups, programs // groups, state, length).sum(2)
         return summed.view(shape).to(dtype)
 
+    if height:
+        du = du.view(batch, DIRECTIONS, u_shift, length).sum(1).to(u.dtype)
     dB = per_group_sum(dB_part, B.shape[1], B_shape, B.dtype)
     dC = per_group_sum(dC_part, C.shape[1], C_shape, C.dtype)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
     dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return du, ddelta.view(delta_shape), dA, dB, dC, dD, dz, dbias
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,31 +275,34 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
 def selective_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                        delta_softplus: bool, return_last_state: bool, chunk_size: Optional[int],
-                       n_splits: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits)
+                       n_splits: Optional[int], height: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits,
+                        height)
 
 
 @selective_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits):
-    batch, dim, length = u.shape
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits, height):
+    batch, _, length = u.shape
+    dim = _scanned_channels(u, height)
     state = A.shape[1]
-    cfg = _config_for(u, _grouped(B), _grouped(C), chunk_size, n_splits)
-    y = u.new_empty((batch, dim, length))
+    cfg = _config_for(u, _grouped(B), _grouped(C), chunk_size, n_splits, height)
+    y = u.new_empty(u.shape)
     last = u.new_empty((batch, dim, state) if return_last_state else (0, ), dtype=torch.float32)
-    return y, last, u.new_empty((batch, dim, state, cfg.n_chunks), dtype=torch.float32)
+    return y, last, u.new_empty((batch, cfg.n_chunks, dim, state), dtype=torch.float32)
 
 
 @torch.library.custom_op('mmmv::selective_scan_bwd', mutates_args=())
 def selective_scan_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
                        A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
                        z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], states: torch.Tensor,
-                       delta_softplus: bool, chunk_size: Optional[int], n_splits: Optional[int]) -> List[torch.Tensor]:
+                       delta_softplus: bool, chunk_size: Optional[int], n_splits: Optional[int],
+                       height: int) -> List[torch.Tensor]:
     return list(scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
-                              n_splits))
+                              n_splits, height))
 
 
 @selective_scan_bwd.register_fake
-def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits):
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits, height):
     def like(t):
         return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 
@@ -257,26 +312,73 @@ def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, 
 _FORWARD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 
 
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
-    ctx.options = (delta_softplus, return_last_state, chunk_size, n_splits)
+def _save(ctx, inputs: tuple, states: torch.Tensor) -> None:
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits, height = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+    ctx.options = (delta_softplus, return_last_state, chunk_size, n_splits, height)
 
 
-def _backward(ctx, dy, dlast, _dstates):
+def _gradients(ctx, dy, dlast, backward) -> tuple:
+    """The inputs' gradients from the saved tensors, through `backward` (the custom op, or `scan_backward`)."""
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-    delta_softplus, return_last_state, chunk_size, n_splits = ctx.options
+    delta_softplus, return_last_state, chunk_size, n_splits, height = ctx.options
     if dy is None:
         dy = torch.zeros_like(u)
     if not return_last_state or dlast is None:
         dlast = None
-    grads = selective_scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
-                               n_splits)
+    grads = backward(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits,
+                     height)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    return (*(None if t is None else g for t, g in zip(inputs, grads)), None, None, None, None)
+    return (*(None if t is None else g for t, g in zip(inputs, grads)), None, None, None, None, None)
+
+
+def _setup_context(ctx, inputs, output):
+    _save(ctx, inputs, output[2])
+
+
+def _backward(ctx, dy, dlast, _dstates):
+    return _gradients(ctx, dy, dlast, selective_scan_bwd)
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The same forward and backward as the custom ops, for eager calls: it skips the custom-op dispatch, which
+    costs more host time than the kernels themselves at small sizes. `torch.compile` and `torch.export` see the
+    custom ops instead (`selective_scan_triton` picks)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y, last, states = scan_forward(*inputs)
+        _save(ctx, inputs, states)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        return _gradients(ctx, dy, dlast, scan_backward)
+
+
+def _traced(tensors) -> bool:
+    """Whether this call is being traced (torch.compile, torch.export, fake or functional tensors)."""
+    if torch.compiler.is_compiling():
+        return True
+    return any(t is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter for t in tensors)
+
+
+def _check_dtypes(**tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in TRITON_DTYPES:
+            raise TypeError(f"selective_scan: backend 'triton' computes in float32 and takes float16, bfloat16 or "
+                            f"float32 inputs; {name} is {t.dtype} (use backend='torch' for float64)")
+
+
+def _apply(inputs: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y, last state) through the custom op when traced, else through `_EagerScan`."""
+    if _traced(inputs[:8]):
+        y, last, _ = selective_scan_fwd(*inputs)
+        return y, last
+    return _EagerScan.apply(*inputs)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -284,11 +386,23 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """`interface.selective_scan` on the Triton kernels; `chunk_size` (a power of two) and `n_splits` override the
     launch heuristics. Inputs must be float16, bfloat16 or float32 and on a CUDA device (or on the CPU under
     ``TRITON_INTERPRET=1``)."""
-    for name, t in zip(_FORWARD_INPUTS, (u, delta, A, B, C, D, z, delta_bias)):
-        if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(f"selective_scan: backend 'triton' computes in float32 and takes float16, bfloat16 or "
-                            f"float32 inputs; {name} is {t.dtype} (use backend='torch' for float64)")
+    _check_dtypes(**dict(zip(_FORWARD_INPUTS, (u, delta, A, B, C, D, z, delta_bias))))
     _check_runnable(u)
-    y, last, _ = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                    bool(return_last_state), chunk_size, n_splits)
+    y, last = _apply((u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state), chunk_size,
+                      n_splits, 0))
     return (y, last) if return_last_state else y
+
+
+def cross_selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, height: int,
+                                width: int, chunk_size: Optional[int] = None, n_splits: Optional[int] = None):
+    """The fused four-direction scan of `mmmv.ops.cross_selective_scan` (which checks the shapes): u (batch, Di, L),
+    delta (batch, 4, Di, L), A (4*Di, N), B and C (batch, 4, N, L), D and delta_bias (4*Di,), all in raster order
+    of an H x W map -> (batch, Di, L) in u's dtype, the four directions' outputs summed. Each direction's tokens are
+    addressed in place (no permuted copies); the merge sums in float32."""
+    _check_dtypes(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
+    _check_runnable(u)
+    if height * width != u.shape[2]:
+        raise ValueError(f'cross_selective_scan: height * width = {height * width} does not match L = {u.shape[2]}')
+    y, _ = _apply((u, delta, A, B, C, D, None, delta_bias, bool(delta_softplus), False, chunk_size, n_splits,
+                   int(height)))
+    return y

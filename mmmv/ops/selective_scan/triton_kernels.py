@@ -16,7 +16,8 @@ cheap first pass (`_fwd_carry_kernel`) computes each span's end state from zero 
 h_end = sum_t exp(A * sum_{k>t} dt_k) * b_t, and the main pass composes those of the earlier spans. The backward
 does the same for the adjoint state g_t = C_t dy_t + a_{t+1} g_{t+1} from the end (`_bwd_carry_kernel`).
 
-The forward stores the state entering every chunk, (batch, D, N, n_chunks) float32, and nothing of size
+The forward stores the state entering every chunk, (batch, n_chunks, D, N) float32 (a chunk's states are
+contiguous, so the stores coalesce), and nothing of size
 (batch, D, N, L); the backward recomputes a chunk's states from it. Reductions over channels (dB, dC) and over tokens
 (dA, dD, d delta_bias) are written as per-program partial sums and added up in a fixed order afterwards, so the
 results are deterministic: no atomics.
@@ -44,33 +45,47 @@ def _time_step(delta_ptrs, mask, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _tokens(pos, group, L, H, CROSS: tl.constexpr):
+    """Memory positions of scan steps `pos`. Plain scans: the steps themselves. Four-direction scans of an
+    H x (L / H) map stored in raster order (CROSS): direction `group` 0 is the raster order, 1 the column-major
+    order, 2 and 3 those reversed; step p of direction 1 is token (p % H, p // H)."""
+    if CROSS:
+        p = tl.where(group >= 2, L - 1 - pos, pos)
+        return tl.where(group % 2 == 1, (p % H) * (L // H) + p // H, p)
+    else:
+        return pos
+
+
+@triton.jit
 def _channels(pid, group_channels, programs_per_group, channels, BD: tl.constexpr):
-    """Channels of program `pid` (BD consecutive ones of one group, masked at the group's end) and its first."""
+    """Channels of program `pid` (BD consecutive ones of one group, masked at the group's end), its first channel
+    and its group."""
     group = pid // programs_per_group
     first = group * group_channels + (pid % programs_per_group) * BD
     d = first + tl.arange(0, BD)
-    return d, (d < (group + 1) * group_channels) & (d < channels), first
+    return d, (d < (group + 1) * group_channels) & (d < channels), first, group
 
 
 @triton.jit
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     y_ptr, states_ptr, last_ptr, carry_h_ptr, carry_dt_ptr,
-    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N,
+    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an,
     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_CARRY: tl.constexpr, STORE_LAST: tl.constexpr,
+    HAS_CARRY: tl.constexpr, STORE_LAST: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """y for BD channels (program pid1) of batch pid0 over split pid2; stores the chunk-entry states.
 
     Grid (batch, groups * programs_per_group, n_splits). With HAS_CARRY, the state entering the split is composed
-    from the carry pass's per-split end states and decays of all earlier splits.
+    from the carry pass's per-split end states and decays of all earlier splits. With CROSS, the groups are the
+    four directions of an H-row map (see `_tokens`) and channel d of group k reads channel d - k * u_shift of u.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(2)
-    d, mask_d, first = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
+    d, mask_d, first, group = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
     n = tl.arange(0, NP)
     t = tl.arange(0, BL)
     mask_n = n < N
@@ -80,6 +95,7 @@ def _fwd_kernel(
     skip = tl.load(D_ptr + d, mask=mask_d & HAS_D, other=0.0).to(tl.float32)
     b_rows = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg + n[None, :] * s_bn
     c_rows = C_ptr + pid_b * s_cb + (first // ch_per_C) * s_cg + n[None, :] * s_cn
+    u_cols = u_ptr + pid_b * s_ub + (d - group * u_shift)[None, :] * s_ud
     n_chunks = tl.cdiv(L, BL)
 
     h = tl.zeros((BD, NP), dtype=tl.float32)
@@ -94,16 +110,17 @@ def _fwd_kernel(
     chunk_end = tl.minimum(chunk_begin + chunks_per_split, n_chunks)
     for chunk in range(chunk_begin, chunk_end):
         pos = chunk * BL + t
+        tok = _tokens(pos, group, L, H, CROSS)
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
         mask_bc = mask_l[:, None] & mask_n[None, :]
-        state_ptrs = states_ptr + ((pid_b * channels + d[:, None]) * N + n[None, :]) * n_chunks + chunk
+        state_ptrs = states_ptr + ((pid_b * n_chunks + chunk) * channels + d[:, None]) * N + n[None, :]
         tl.store(state_ptrs, h, mask=mask_dn)
 
-        u = tl.load(u_ptr + pid_b * s_ub + pos[:, None] * s_ul + d[None, :] * s_ud, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_ptr + pid_b * s_db + pos[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
-        Bt = tl.load(b_rows + pos[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
-        Ct = tl.load(c_rows + pos[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
+        u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _time_step(delta_ptr + pid_b * s_db + tok[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
+        Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
+        Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
         decay = tl.exp2(dt[:, :, None] * A[None, :, :])
         drive = (dt * u)[:, :, None] * Bt[:, None, :]
         acc_a, acc_b = tl.associative_scan((decay, drive), 0, _combine)
@@ -112,10 +129,10 @@ def _fwd_kernel(
         if HAS_D:
             y += skip[None, :] * u
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_zb + pos[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
+            z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
                         other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
-        tl.store(y_ptr + pid_b * s_yb + pos[:, None] * s_yl + d[None, :] * s_yd, y, mask=mask)
+        tl.store(y_ptr + pid_b * s_yb + tok[:, None] * s_yl + d[None, :] * s_yd, y, mask=mask)
         # padded tokens have decay 1 and drive 0, so the last row is the state after the last real token
         h = tl.sum(tl.where(t[:, None, None] == BL - 1, hs, 0.0), axis=0)
 
@@ -127,15 +144,16 @@ def _fwd_kernel(
 @triton.jit
 def _fwd_carry_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, carry_h_ptr, carry_dt_ptr,
-    L, channels, ch_per_B, group_channels, programs_per_group, chunks_per_split, n_splits, N,
+    L, channels, ch_per_B, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bg, s_bn, s_bl,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CROSS: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """For each split: the state at its end starting from zero, and the sum of its time steps (its decay is
     exp(A * sum)). Grid as `_fwd_kernel`; no scan, one exp per state element."""
     pid_b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(2)
-    d, mask_d, first = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
+    d, mask_d, first, group = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
     n = tl.arange(0, NP)
     t = tl.arange(0, BL)
     mask_n = n < N
@@ -143,6 +161,7 @@ def _fwd_carry_kernel(
     A = tl.load(A_ptr + d[:, None] * s_ad + n[None, :] * s_an, mask=mask_dn, other=0.0).to(tl.float32) * LOG2E
     bias = tl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
     b_rows = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg + n[None, :] * s_bn
+    u_cols = u_ptr + pid_b * s_ub + (d - group * u_shift)[None, :] * s_ud
     n_chunks = tl.cdiv(L, BL)
     h = tl.zeros((BD, NP), dtype=tl.float32)
     dt_sum = tl.zeros((BD, ), dtype=tl.float32)
@@ -150,11 +169,12 @@ def _fwd_carry_kernel(
     chunk_end = tl.minimum(chunk_begin + chunks_per_split, n_chunks)
     for chunk in range(chunk_begin, chunk_end):
         pos = chunk * BL + t
+        tok = _tokens(pos, group, L, H, CROSS)
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
-        u = tl.load(u_ptr + pid_b * s_ub + pos[:, None] * s_ul + d[None, :] * s_ud, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_ptr + pid_b * s_db + pos[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
-        Bt = tl.load(b_rows + pos[:, None] * s_bl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _time_step(delta_ptr + pid_b * s_db + tok[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
+        Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         after = tl.cumsum(dt, axis=0, reverse=True) - dt  # sum of the later time steps of the chunk
         total = tl.sum(dt, axis=0)
         weight = tl.exp2(after[:, :, None] * A[None, :, :])
@@ -171,12 +191,12 @@ def _bwd_kernel(
     carry_g_ptr, carry_dt_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     L, channels, ch_per_B, ch_per_C, group_channels, ch_per_program, programs_per_group, chunks_per_split, n_splits,
-    N,
+    N, H, u_shift,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an,
     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
     s_gb, s_gd, s_gl, s_eb, s_ed, s_el, s_wb, s_wd, s_wl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_CARRY: tl.constexpr, HAS_DLAST: tl.constexpr,
+    HAS_CARRY: tl.constexpr, HAS_DLAST: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """Gradients for batch pid0, channel program pid1 and split pid2, walking the split's chunks from the end.
@@ -185,7 +205,9 @@ def _bwd_kernel(
     channel of a group reads the same rows of B and of C), programs_per_group programs per group, in blocks of BD;
     its sums over those channels of dB and dC go to row pid1 of the partial buffers (batch, programs, N, L); its
     sums over tokens of dA, dD and d delta_bias to row (pid0, pid2) of (batch, n_splits, channels[, N]).
-    du, d delta and dz are written in the dtype of their buffers (the inputs' dtypes).
+    du, d delta and dz are written in the dtype of their buffers (the inputs' dtypes). With CROSS (see `_fwd_kernel`),
+    u and dout are shared by the groups (channel d - group * u_shift), and du is written per channel d, in raster
+    order, for the caller to sum over the directions.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_p = tl.program_id(1)
@@ -226,23 +248,26 @@ def _bwd_kernel(
         dA_acc = tl.zeros((BD, NP), dtype=tl.float32)
         dD_acc = tl.zeros((BD, ), dtype=tl.float32)
         dbias_acc = tl.zeros((BD, ), dtype=tl.float32)
+        d_shared = d - group * u_shift
         for step in range(chunk_end - chunk_begin):
             chunk = chunk_end - 1 - step
             pos = chunk * BL + t
+            tok = _tokens(pos, group, L, H, CROSS)
             mask_l = pos < L
             mask = mask_l[:, None] & mask_d[None, :]
             mask_bc = mask_l[:, None] & mask_n[None, :]
-            u = tl.load(u_ptr + pid_b * s_ub + pos[:, None] * s_ul + d[None, :] * s_ud, mask=mask,
+            u = tl.load(u_ptr + pid_b * s_ub + tok[:, None] * s_ul + d_shared[None, :] * s_ud, mask=mask,
                         other=0.0).to(tl.float32)
-            delta_ptrs = delta_ptr + pid_b * s_db + pos[:, None] * s_dl + d[None, :] * s_dd
-            dt, raw = _time_step(delta_ptrs, mask, bias, SOFTPLUS)
+            delta_cols = delta_ptr + pid_b * s_db + d[None, :] * s_dd
+            dt, raw = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
             mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
-            dt_next, _ = _time_step(delta_ptrs + s_dl, mask_next, bias, SOFTPLUS)
-            Bt = tl.load(b_rows + pos[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
-            Ct = tl.load(c_rows + pos[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
-            dout = tl.load(dout_ptr + pid_b * s_ob + pos[:, None] * s_ol + d[None, :] * s_od, mask=mask,
+            tok_next = _tokens(pos + 1, group, L, H, CROSS)
+            dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS)
+            Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
+            Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
+            dout = tl.load(dout_ptr + pid_b * s_ob + tok[:, None] * s_ol + d_shared[None, :] * s_od, mask=mask,
                            other=0.0).to(tl.float32)
-            h0 = tl.load(states_ptr + ((pid_b * channels + d[:, None]) * N + n[None, :]) * n_chunks + chunk,
+            h0 = tl.load(states_ptr + ((pid_b * n_chunks + chunk) * channels + d[:, None]) * N + n[None, :],
                          mask=mask_dn, other=0.0)
 
             # recompute the chunk's states
@@ -252,14 +277,14 @@ def _bwd_kernel(
             hs = acc_b + acc_a * h0[None, :, :]
             dy = dout
             if HAS_Z:
-                z = tl.load(z_ptr + pid_b * s_zb + pos[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
+                z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
                             other=0.0).to(tl.float32)
                 y = tl.sum(hs * Ct[:, None, :], axis=2)
                 if HAS_D:
                     y += skip[None, :] * u
                 sig = tl.sigmoid(z)
                 dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-                tl.store(dz_ptr + pid_b * s_wb + pos[:, None] * s_wl + d[None, :] * s_wd, dz, mask=mask)
+                tl.store(dz_ptr + pid_b * s_wb + tok[:, None] * s_wl + d[None, :] * s_wd, dz, mask=mask)
                 dy = dout * z * sig
 
             # adjoint states g_t = C_t dy_t + a_{t+1} g_{t+1}, from the chunk's end
@@ -282,19 +307,20 @@ def _bwd_kernel(
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(mask, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(du_ptr + pid_b * s_gb + pos[:, None] * s_gl + d[None, :] * s_gd, du, mask=mask)
-            tl.store(ddelta_ptr + pid_b * s_eb + pos[:, None] * s_el + d[None, :] * s_ed, ddt, mask=mask)
+            tl.store(du_ptr + pid_b * s_gb + tok[:, None] * s_gl + d[None, :] * s_gd, du, mask=mask)
+            tl.store(ddelta_ptr + pid_b * s_eb + tok[:, None] * s_el + d[None, :] * s_ed, ddt, mask=mask)
 
             # this block's share of dB, dC: added to the partial rows owned by this program
             dB_part = tl.sum(gs * (dt * u)[:, :, None], axis=1)
             dC_part = tl.sum(hs * dy[:, :, None], axis=1)
-            part_ptrs = part_rows + pos[:, None]
+            part_ptrs = part_rows + tok[:, None]
             if block > 0:
                 dB_part += tl.load(dB_ptr + part_ptrs, mask=mask_bc, other=0.0)
                 dC_part += tl.load(dC_ptr + part_ptrs, mask=mask_bc, other=0.0)
             tl.store(dB_ptr + part_ptrs, dB_part, mask=mask_bc)
             tl.store(dC_ptr + part_ptrs, dC_part, mask=mask_bc)
-            tl.debug_barrier()  # the next block reads these rows back, possibly in other threads
+            if ch_per_program > BD:
+                tl.debug_barrier()  # the next block reads these rows back, possibly in other threads
 
         base = (pid_b * n_splits + split) * channels
         tl.store(dA_ptr + (base + d)[:, None] * N + n[None, :], dA_acc, mask=mask_dn)
@@ -307,9 +333,9 @@ def _bwd_kernel(
 @triton.jit
 def _bwd_carry_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, carry_g_ptr, carry_dt_ptr,
-    L, channels, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N,
+    L, channels, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
     s_db, s_dd, s_dl, s_ad, s_an, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """For each split: the adjoint state at its first token when none enters from its right, and the sum of the
@@ -319,7 +345,7 @@ def _bwd_carry_kernel(
     """
     pid_b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(2)
-    d, mask_d, first = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
+    d, mask_d, first, group = _channels(tl.program_id(1), group_channels, programs_per_group, channels, BD)
     n = tl.arange(0, NP)
     t = tl.arange(0, BL)
     mask_n = n < N
@@ -335,16 +361,18 @@ def _bwd_carry_kernel(
     for step in range(chunk_end - chunk_begin):
         chunk = chunk_end - 1 - step
         pos = chunk * BL + t
+        tok = _tokens(pos, group, L, H, CROSS)
+        tok_next = _tokens(pos + 1, group, L, H, CROSS)
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
         mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
-        dt_next, _ = _time_step(delta_ptr + pid_b * s_db + (pos + 1)[:, None] * s_dl + d[None, :] * s_dd, mask_next,
+        dt_next, _ = _time_step(delta_ptr + pid_b * s_db + tok_next[:, None] * s_dl + d[None, :] * s_dd, mask_next,
                                 bias, SOFTPLUS)
-        Ct = tl.load(c_rows + pos[:, None] * s_cl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        dy = tl.load(dout_ptr + pid_b * s_ob + pos[:, None] * s_ol + d[None, :] * s_od, mask=mask,
-                     other=0.0).to(tl.float32)
+        Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        dy = tl.load(dout_ptr + pid_b * s_ob + tok[:, None] * s_ol + (d - group * u_shift)[None, :] * s_od,
+                     mask=mask, other=0.0).to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_zb + pos[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
+            z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
                         other=0.0).to(tl.float32)
             dy = dy * z * tl.sigmoid(z)
         before = tl.cumsum(dt_next, axis=0) - dt_next  # sum_{first<k<=t} dt_k = sum_{first<=k<t} dt_next_k
