@@ -100,7 +100,7 @@ def test_fused_cross_scan_full_sizes(case, dtype):
     y_ref = cross_selective_scan(**ref, height=height, width=width, backend='torch')
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=atol, msg=lambda m: f'y: {m}')
-    dy = torch.randn_like(y_ref)
+    dy = torch.randn_like(y_ref).to(dtype).double()  # the same incoming gradient for both (rounded to dtype)
     names = sorted(inputs)
     grads = torch.autograd.grad(y, [inputs[n] for n in names], dy.to(dtype))
     grads_ref = torch.autograd.grad(y_ref, [ref[n] for n in names], dy)

@@ -178,7 +178,9 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        u = x.flatten(2)  # (B, Di, L), raster order
+        # (B, Di, L) raster, stored token-major (channels contiguous; a view when the conv returns channels-last):
+        # every scan direction then reads whole rows of channels, and the projections are plain matmuls
+        u = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.d_inner).transpose(1, 2)
         y = self.scan(u, height, width)
         y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
         # the scan's float32 output meets the norm in the norm's dtype (float32 under autocast, as officially)
@@ -189,16 +191,24 @@ class SS2D(nn.Module):
         """u: (B, Di, H*W) raster -> the sum of the four directions' scans, (B, Di, H*W) raster, float32 or higher.
 
         The per-direction projections are applied to the raster tokens: they act token by token, so this equals
-        projecting the four permuted copies as the official model does.
+        projecting the four permuted copies as the official model does. Their outputs stay token-major views
+        (no copies), which the fused Triton scan reads in place.
         """
-        x_dbl = torch.einsum('bdl,kcd->bkcl', u, self.x_proj_weight)
-        dts, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        delta = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
+        batch, _, length = u.shape
+        k, width_dbl, _ = self.x_proj_weight.shape
         dtype = torch.promote_types(u.dtype, torch.float32)
+        tokens = u.transpose(1, 2)  # (B, L, Di)
+        x_dbl = (tokens @ self.x_proj_weight.reshape(k * width_dbl, -1).t()).view(batch, length, k, width_dbl)
+        x_dbl = x_dbl.to(dtype)  # whole, so that B and C stay views of one token-major tensor
+        dts, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=3)
+        # per direction: (k, B*L, R) @ (k, R, Di) -> (k, B*L, Di), seen as (B, k, Di, L)
+        delta = torch.bmm(dts.permute(2, 0, 1, 3).reshape(k, batch * length, self.dt_rank),
+                          self.dt_projs_weight.transpose(1, 2).to(dts.dtype))
+        delta = delta.view(k, batch, length, self.d_inner).permute(1, 0, 3, 2)
         return cross_selective_scan(
-            u.to(dtype), delta.to(dtype), -torch.exp(self.A_logs.to(dtype)), B.to(dtype), C.to(dtype),
-            D=self.Ds.to(dtype), delta_bias=self.dt_projs_bias.to(dtype).view(-1), delta_softplus=True,
-            height=height, width=width)
+            u.to(dtype), delta.to(dtype), -torch.exp(self.A_logs.to(dtype)), B.permute(0, 2, 3, 1),
+            C.permute(0, 2, 3, 1), D=self.Ds.to(dtype), delta_bias=self.dt_projs_bias.to(dtype).view(-1),
+            delta_softplus=True, height=height, width=width)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}'

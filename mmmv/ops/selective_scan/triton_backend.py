@@ -145,14 +145,23 @@ def _optional(t: Optional[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor
     return fallback if t is None else t
 
 
-def _cross_layout(u, delta, height: int):
-    """(scanned channels, u's channel shift per direction, delta as (batch, channels, L)) of a call; ``height`` > 0
-    marks a four-direction scan, whose delta (batch, 4, Di, L) is merged to (batch, 4 * Di, L) (a view when its
-    strides allow)."""
-    if not height:
-        return u.shape[1], 0, delta
-    batch, inner, length = u.shape
-    return DIRECTIONS * inner, inner, delta.reshape(batch, DIRECTIONS * inner, length)
+def _grouped_strides(t: torch.Tensor, group_channels: int, shared: bool = False) -> Tuple[int, int, int, int]:
+    """(batch, group, channel, token) strides by which the kernels address u, delta, dout and d delta: a
+    (batch, G, Dg, L) tensor as it is, a (batch, D, L) tensor cut into groups of `group_channels` channels, or
+    (`shared`) one (batch, Dg, L) tensor read by every group (the four directions' u)."""
+    if t.dim() == 4:
+        return tuple(t.stride())
+    batch, channel, token = t.stride()
+    return batch, 0 if shared else group_channels * channel, channel, token
+
+
+def _channel_buffer(like: torch.Tensor, shape: Tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty (batch, channels, L) buffer, token-major (channels contiguous) when `like` is, so that the kernels'
+    stores coalesce in the same way as their loads; else contiguous."""
+    batch, channels, length = shape
+    if like.stride(1) == 1 and length > 1:
+        return torch.empty((batch, length, channels), device=like.device, dtype=dtype).transpose(1, 2)
+    return torch.empty(shape, device=like.device, dtype=dtype)
 
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
@@ -165,13 +174,18 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     four directions' outputs, (batch, Di, L), summed in float32."""
     _check_runnable(u)
     B, C = _grouped(B), _grouped(C)
-    batch, _, length = u.shape
-    dim, u_shift, delta = _cross_layout(u, delta, height)
+    batch, inner, length = u.shape
+    dim = _scanned_channels(u, height)
     state = A.shape[1]
     cfg = _config_for(u, B, C, chunk_size, n_splits, height)
     group_channels = _common_group_channels(dim, B, C)
     per_group = math.ceil(group_channels / cfg.block_d)
-    y = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32 if height else u.dtype)
+    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
+    delta_strides = _grouped_strides(delta, group_channels)
+    if height:
+        y = _channel_buffer(u, (batch, dim, length), torch.float32)
+    else:
+        y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     states = torch.empty((batch, cfg.n_chunks, dim, state), device=u.device, dtype=torch.float32)
     last = torch.empty((batch, dim, state) if return_last_state else (0, ), device=u.device, dtype=torch.float32)
     grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
@@ -183,18 +197,18 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
         kernels._fwd_carry_kernel[grid](
             u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
-            state, height, u_shift, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+            state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     kernels._fwd_kernel[grid](
         u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
         y, states, last, carry_h, carry_dt,
         length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
-        cfg.fwd_splits, state, height, u_shift,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
+        cfg.fwd_splits, state, height,
+        *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
     if height:
-        y = y.view(batch, DIRECTIONS, u_shift, length).sum(1).to(u.dtype)
+        y = y.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
     return y, last, states
 
 
@@ -204,10 +218,10 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     shapes; the gradients of absent optional inputs are empty tensors. With ``height`` > 0 (see `scan_forward`),
     du sums the four directions' shares, in float32."""
     _check_runnable(u)
-    B_shape, C_shape, delta_shape = B.shape, C.shape, delta.shape
+    B_shape, C_shape = B.shape, C.shape
     B, C = _grouped(B), _grouped(C)
-    batch, _, length = u.shape
-    dim, u_shift, delta = _cross_layout(u, delta, height)
+    batch, inner, length = u.shape
+    dim = _scanned_channels(u, height)
     state = A.shape[1]
     cfg = _config_for(u, B, C, chunk_size, n_splits, height)
     if cfg.n_chunks != states.shape[1]:
@@ -216,14 +230,23 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     group_channels = _common_group_channels(dim, B, C)
     per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
     programs = (dim // group_channels) * per_group
-    if height:
-        du = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32)
+    if height:  # per direction, summed below
+        du = _channel_buffer(u, (batch, dim, length), torch.float32)
+        ddelta = torch.empty_like(delta)  # the strides of delta (dense views keep theirs)
     else:
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
-    ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
+        ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
-    dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
+    # partial dB / dC rows (batch, programs, N, L), token-major when B's states are contiguous (coalesced stores)
+    if B.stride(2) == 1 and length > 1:
+        dB_part = torch.empty((batch, programs, length, state), device=u.device, dtype=torch.float32).transpose(2, 3)
+    else:
+        dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
     dC_part = torch.empty_like(dB_part)
+    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
+    delta_strides = _grouped_strides(delta, group_channels)
+    dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
+    ddelta_strides = _grouped_strides(ddelta, group_channels)
     splits = cfg.bwd_splits
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
     dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
@@ -239,8 +262,8 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         kernels._bwd_carry_kernel[(batch, dim // group_channels * tiles_per_group, splits)](
             delta, A, C, z_or_u, _optional(delta_bias, u), dout, carry_g, carry_dt,
             length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
-            height, u_shift,
-            *delta.stride(), *A.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
+            height,
+            *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
     kernels._bwd_kernel[(batch, programs, splits)](
@@ -248,24 +271,24 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         carry_g, carry_dt,
         du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
         length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
-        cfg.bwd_chunks_per_split, splits, state, height, u_shift,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout.stride(),
-        *du.stride(), *ddelta.stride(), *dz_or_u.stride(),
+        cfg.bwd_chunks_per_split, splits, state, height,
+        *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
+        *du.stride(), *ddelta_strides, *dz_or_u.stride(), dB_part.stride(2), dB_part.stride(3),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
 
     def per_group_sum(part: torch.Tensor, groups: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         summed = part.view(batch, groups, programs // groups, state, length).sum(2)
-        return summed.view(shape).to(dtype)
+        return summed.reshape(shape).to(dtype)
 
     if height:
-        du = du.view(batch, DIRECTIONS, u_shift, length).sum(1).to(u.dtype)
+        du = du.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
     dB = per_group_sum(dB_part, B.shape[1], B_shape, B.dtype)
     dC = per_group_sum(dC_part, C.shape[1], C_shape, C.dtype)
     dA = dA_part.sum((0, 1)).to(A.dtype)
     dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
     dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
-    return du, ddelta.view(delta_shape), dA, dB, dC, dD, dz, dbias
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -70,8 +70,8 @@ def _channels(pid, group_channels, programs_per_group, channels, BD: tl.constexp
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     y_ptr, states_ptr, last_ptr, carry_h_ptr, carry_dt_ptr,
-    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an,
+    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H,
+    s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an,
     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_CARRY: tl.constexpr, STORE_LAST: tl.constexpr, CROSS: tl.constexpr,
@@ -81,7 +81,9 @@ def _fwd_kernel(
 
     Grid (batch, groups * programs_per_group, n_splits). With HAS_CARRY, the state entering the split is composed
     from the carry pass's per-split end states and decays of all earlier splits. With CROSS, the groups are the
-    four directions of an H-row map (see `_tokens`) and channel d of group k reads channel d - k * u_shift of u.
+    four directions of an H-row map (see `_tokens`). u and delta are addressed as (batch, group, channel of the
+    group, token) through their strides: a grouped view of a (batch, D, L) tensor, or u shared by all groups
+    (group stride 0).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(2)
@@ -95,7 +97,9 @@ def _fwd_kernel(
     skip = tl.load(D_ptr + d, mask=mask_d & HAS_D, other=0.0).to(tl.float32)
     b_rows = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg + n[None, :] * s_bn
     c_rows = C_ptr + pid_b * s_cb + (first // ch_per_C) * s_cg + n[None, :] * s_cn
-    u_cols = u_ptr + pid_b * s_ub + (d - group * u_shift)[None, :] * s_ud
+    d_in = d - group * group_channels
+    u_cols = u_ptr + pid_b * s_ub + group * s_ug + d_in[None, :] * s_ud
+    delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
     n_chunks = tl.cdiv(L, BL)
 
     h = tl.zeros((BD, NP), dtype=tl.float32)
@@ -118,7 +122,7 @@ def _fwd_kernel(
         tl.store(state_ptrs, h, mask=mask_dn)
 
         u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_ptr + pid_b * s_db + tok[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
+        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
         Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
         Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
         decay = tl.exp2(dt[:, :, None] * A[None, :, :])
@@ -144,8 +148,8 @@ def _fwd_kernel(
 @triton.jit
 def _fwd_carry_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, carry_h_ptr, carry_dt_ptr,
-    L, channels, ch_per_B, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bg, s_bn, s_bl,
+    L, channels, ch_per_B, group_channels, programs_per_group, chunks_per_split, n_splits, N, H,
+    s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an, s_bb, s_bg, s_bn, s_bl,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
@@ -161,7 +165,9 @@ def _fwd_carry_kernel(
     A = tl.load(A_ptr + d[:, None] * s_ad + n[None, :] * s_an, mask=mask_dn, other=0.0).to(tl.float32) * LOG2E
     bias = tl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
     b_rows = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg + n[None, :] * s_bn
-    u_cols = u_ptr + pid_b * s_ub + (d - group * u_shift)[None, :] * s_ud
+    d_in = d - group * group_channels
+    u_cols = u_ptr + pid_b * s_ub + group * s_ug + d_in[None, :] * s_ud
+    delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
     n_chunks = tl.cdiv(L, BL)
     h = tl.zeros((BD, NP), dtype=tl.float32)
     dt_sum = tl.zeros((BD, ), dtype=tl.float32)
@@ -173,7 +179,7 @@ def _fwd_carry_kernel(
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
         u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_ptr + pid_b * s_db + tok[:, None] * s_dl + d[None, :] * s_dd, mask, bias, SOFTPLUS)
+        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
         Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         after = tl.cumsum(dt, axis=0, reverse=True) - dt  # sum of the later time steps of the chunk
         total = tl.sum(dt, axis=0)
@@ -191,10 +197,10 @@ def _bwd_kernel(
     carry_g_ptr, carry_dt_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     L, channels, ch_per_B, ch_per_C, group_channels, ch_per_program, programs_per_group, chunks_per_split, n_splits,
-    N, H, u_shift,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an,
-    s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
-    s_gb, s_gd, s_gl, s_eb, s_ed, s_el, s_wb, s_wd, s_wl,
+    N, H,
+    s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an,
+    s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_og, s_od, s_ol,
+    s_gb, s_gd, s_gl, s_eb, s_eg, s_ed, s_el, s_wb, s_wd, s_wl, s_pn, s_pl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_CARRY: tl.constexpr, HAS_DLAST: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
@@ -206,8 +212,9 @@ def _bwd_kernel(
     its sums over those channels of dB and dC go to row pid1 of the partial buffers (batch, programs, N, L); its
     sums over tokens of dA, dD and d delta_bias to row (pid0, pid2) of (batch, n_splits, channels[, N]).
     du, d delta and dz are written in the dtype of their buffers (the inputs' dtypes). With CROSS (see `_fwd_kernel`),
-    u and dout are shared by the groups (channel d - group * u_shift), and du is written per channel d, in raster
-    order, for the caller to sum over the directions.
+    u and dout are shared by the groups (group stride 0), and du is written per channel d, in raster order, for the
+    caller to sum over the directions. u, delta, dout and d delta are addressed through grouped strides (see
+    `_fwd_kernel`); the partial dB / dC rows through (s_pn, s_pl).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_p = tl.program_id(1)
@@ -223,7 +230,7 @@ def _bwd_kernel(
     chunk_end = tl.minimum(chunk_begin + chunks_per_split, n_chunks)
     b_rows = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg + n[None, :] * s_bn
     c_rows = C_ptr + pid_b * s_cb + (first // ch_per_C) * s_cg + n[None, :] * s_cn
-    part_rows = ((pid_b * tl.num_programs(1) + pid_p) * N + n[None, :]) * L  # dB / dC partial rows (L, N)
+    part_rows = (pid_b * tl.num_programs(1) + pid_p) * N * L + n[None, :] * s_pn  # this program's dB / dC part
 
     for block in range(0, ch_per_program, BD):
         d = first + block + tl.arange(0, BD)
@@ -248,7 +255,7 @@ def _bwd_kernel(
         dA_acc = tl.zeros((BD, NP), dtype=tl.float32)
         dD_acc = tl.zeros((BD, ), dtype=tl.float32)
         dbias_acc = tl.zeros((BD, ), dtype=tl.float32)
-        d_shared = d - group * u_shift
+        d_in = d - group * group_channels
         for step in range(chunk_end - chunk_begin):
             chunk = chunk_end - 1 - step
             pos = chunk * BL + t
@@ -256,17 +263,17 @@ def _bwd_kernel(
             mask_l = pos < L
             mask = mask_l[:, None] & mask_d[None, :]
             mask_bc = mask_l[:, None] & mask_n[None, :]
-            u = tl.load(u_ptr + pid_b * s_ub + tok[:, None] * s_ul + d_shared[None, :] * s_ud, mask=mask,
-                        other=0.0).to(tl.float32)
-            delta_cols = delta_ptr + pid_b * s_db + d[None, :] * s_dd
+            u = tl.load(u_ptr + pid_b * s_ub + group * s_ug + tok[:, None] * s_ul + d_in[None, :] * s_ud,
+                        mask=mask, other=0.0).to(tl.float32)
+            delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
             dt, raw = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
             mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
             tok_next = _tokens(pos + 1, group, L, H, CROSS)
             dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS)
             Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
             Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
-            dout = tl.load(dout_ptr + pid_b * s_ob + tok[:, None] * s_ol + d_shared[None, :] * s_od, mask=mask,
-                           other=0.0).to(tl.float32)
+            dout = tl.load(dout_ptr + pid_b * s_ob + group * s_og + tok[:, None] * s_ol + d_in[None, :] * s_od,
+                           mask=mask, other=0.0).to(tl.float32)
             h0 = tl.load(states_ptr + ((pid_b * n_chunks + chunk) * channels + d[:, None]) * N + n[None, :],
                          mask=mask_dn, other=0.0)
 
@@ -308,12 +315,13 @@ def _bwd_kernel(
             ddt = tl.where(mask, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0)
             tl.store(du_ptr + pid_b * s_gb + tok[:, None] * s_gl + d[None, :] * s_gd, du, mask=mask)
-            tl.store(ddelta_ptr + pid_b * s_eb + tok[:, None] * s_el + d[None, :] * s_ed, ddt, mask=mask)
+            tl.store(ddelta_ptr + pid_b * s_eb + group * s_eg + tok[:, None] * s_el + d_in[None, :] * s_ed, ddt,
+                     mask=mask)
 
             # this block's share of dB, dC: added to the partial rows owned by this program
             dB_part = tl.sum(gs * (dt * u)[:, :, None], axis=1)
             dC_part = tl.sum(hs * dy[:, :, None], axis=1)
-            part_ptrs = part_rows + tok[:, None]
+            part_ptrs = part_rows + tok[:, None] * s_pl
             if block > 0:
                 dB_part += tl.load(dB_ptr + part_ptrs, mask=mask_bc, other=0.0)
                 dC_part += tl.load(dC_ptr + part_ptrs, mask=mask_bc, other=0.0)
@@ -333,8 +341,8 @@ def _bwd_kernel(
 @triton.jit
 def _bwd_carry_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, carry_g_ptr, carry_dt_ptr,
-    L, channels, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H, u_shift,
-    s_db, s_dd, s_dl, s_ad, s_an, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
+    L, channels, ch_per_C, group_channels, programs_per_group, chunks_per_split, n_splits, N, H,
+    s_db, s_dg, s_dd, s_dl, s_ad, s_an, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_og, s_od, s_ol,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CROSS: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
@@ -353,6 +361,9 @@ def _bwd_carry_kernel(
     A = tl.load(A_ptr + d[:, None] * s_ad + n[None, :] * s_an, mask=mask_dn, other=0.0).to(tl.float32) * LOG2E
     bias = tl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(tl.float32)
     c_rows = C_ptr + pid_b * s_cb + (first // ch_per_C) * s_cg + n[None, :] * s_cn
+    d_in = d - group * group_channels
+    delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
+    dout_cols = dout_ptr + pid_b * s_ob + group * s_og + d_in[None, :] * s_od
     n_chunks = tl.cdiv(L, BL)
     g = tl.zeros((BD, NP), dtype=tl.float32)
     dt_sum = tl.zeros((BD, ), dtype=tl.float32)
@@ -366,11 +377,9 @@ def _bwd_carry_kernel(
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
         mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
-        dt_next, _ = _time_step(delta_ptr + pid_b * s_db + tok_next[:, None] * s_dl + d[None, :] * s_dd, mask_next,
-                                bias, SOFTPLUS)
+        dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS)
         Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        dy = tl.load(dout_ptr + pid_b * s_ob + tok[:, None] * s_ol + (d - group * u_shift)[None, :] * s_od,
-                     mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dout_cols + tok[:, None] * s_ol, mask=mask, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
                         other=0.0).to(tl.float32)
