@@ -17,10 +17,11 @@ def read_version() -> str:
 # with its ops against the installed torch (tools/install.sh does that). The toolboxes pin mmcv < 2.2.
 EXTRAS = {
     'det': ['mmengine>=0.10.3,<1.0', 'mmdet==3.3.0'],
-    'seg': ['mmengine>=0.10.3,<1.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex'],
+    # h5py reads the Synapse test volumes (tools/dataset_converters/prepare_synapse.py)
+    'seg': ['mmengine>=0.10.3,<1.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex', 'h5py'],
     'cls': ['mmengine>=0.10.3,<1.0', 'mmpretrain==1.2.0'],
     'triton': ['triton>=3.0'],
-    'dev': ['pytest>=7', 'pytest-timeout', 'safetensors'],
+    'dev': ['pytest>=7', 'pytest-timeout', 'safetensors', 'h5py'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
