@@ -53,22 +53,27 @@ def test_inductor_compile():
     assert torch.isfinite(inputs['A'].grad).all()
 
 
-def test_mambavision_t_triton_matches_torch_backend():
-    from mmmv.models.mambavision import MambaVision
-
-    torch.manual_seed(0)
-    model = MambaVision('T', drop_path_rate=0.0).cuda()
-    x = torch.randn(2, 3, 224, 224, device='cuda')
+def assert_model_triton_matches_torch(model, x, grad_of):
+    """Outputs, and the gradient of the parameter `grad_of(model)`, equal on the two scan backends."""
     results = {}
     for backend in ('triton', 'torch'):
         model.zero_grad()
         with scan_backend(backend):
             outs = model(x)
             sum(o.square().mean() for o in outs).backward()
-        results[backend] = ([o.detach() for o in outs], model.stages[2].blocks[0].mixer.A_log.grad.clone())
+        results[backend] = ([o.detach() for o in outs], grad_of(model).grad.clone())
     for out_triton, out_torch in zip(results['triton'][0], results['torch'][0]):
         torch.testing.assert_close(out_triton, out_torch, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(results['triton'][1], results['torch'][1], rtol=1e-3, atol=1e-5)
+
+
+def test_mambavision_t_triton_matches_torch_backend():
+    from mmmv.models.mambavision import MambaVision
+
+    torch.manual_seed(0)
+    model = MambaVision('T', drop_path_rate=0.0).cuda()
+    assert_model_triton_matches_torch(model, torch.randn(2, 3, 224, 224, device='cuda'),
+                                      lambda m: m.stages[2].blocks[0].mixer.A_log)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,14 +138,5 @@ def test_vss_encoder_triton_matches_torch_backend():
 
     torch.manual_seed(0)
     model = VSSEncoder('vmunet', drop_path_rate=0.0).cuda()
-    x = torch.randn(2, 3, 200, 264, device='cuda')
-    results = {}
-    for backend in ('triton', 'torch'):
-        model.zero_grad()
-        with scan_backend(backend):
-            outs = model(x)
-            sum(o.square().mean() for o in outs).backward()
-        results[backend] = ([o.detach() for o in outs], model.layers[1].blocks[0].self_attention.A_logs.grad.clone())
-    for out_triton, out_torch in zip(results['triton'][0], results['torch'][0]):
-        torch.testing.assert_close(out_triton, out_torch, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(results['triton'][1], results['torch'][1], rtol=1e-3, atol=1e-5)
+    assert_model_triton_matches_torch(model, torch.randn(2, 3, 200, 264, device='cuda'),
+                                      lambda m: m.layers[1].blocks[0].self_attention.A_logs)

@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 import torch
 
 from .selective_scan import resolve_backend, selective_scan
-from .selective_scan.interface import SUPPORTED_DTYPES, triton_available
+from .selective_scan.interface import check_tensors, triton_available
 
 NUM_DIRECTIONS = 4
 # Whether fused=None picks the fused Triton path when the scan runs on Triton (the unfused path otherwise).
@@ -218,18 +218,7 @@ def _fused(u, delta, A, B, C, D, delta_bias, delta_softplus, *, height, width):
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias, height, width) -> None:
     """Raise a TypeError / ValueError naming the argument, its expected and its received shape, dtype or device."""
-    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-    for name, tensor in tensors.items():
-        if tensor is None and name in ('D', 'delta_bias'):
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f'{_PREFIX}{name} must be a torch.Tensor, got {type(tensor).__name__}')
-        if tensor.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f'{_PREFIX}{name} has unsupported dtype {tensor.dtype}; '
-                            f'expected one of {", ".join(map(str, SUPPORTED_DTYPES))}')
-        if tensor.device != u.device:
-            raise ValueError(f'{_PREFIX}{name} is on {tensor.device} but u is on {u.device}; '
-                             'all inputs must be on one device')
+    check_tensors(_PREFIX, dict(u=u, delta=delta, A=A, B=B, C=C), dict(D=D, delta_bias=delta_bias))
     if u.dim() != 3:
         raise ValueError(f'{_PREFIX}u must have shape (batch, Di, H*W), got {tuple(u.shape)}')
     batch, inner, length = u.shape

@@ -182,24 +182,30 @@ def resolve_backend(backend: Optional[str], u: torch.Tensor) -> str:
     return 'torch'
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
-    """Raise a TypeError / ValueError naming the argument, the expected and the received shape."""
-    required = dict(u=u, delta=delta, A=A, B=B, C=C)
-    optional = dict(D=D, z=z, delta_bias=delta_bias)
+def check_tensors(prefix: str, required: Dict[str, torch.Tensor], optional: Dict[str, Optional[torch.Tensor]]) -> None:
+    """Raise a TypeError / ValueError naming the argument that is not a real tensor of a supported dtype on the
+    device of the first required one (``u``); optional ones may be None. `prefix` names the calling op."""
+    device = None
     for name, tensor in {**required, **optional}.items():
         if tensor is None and name in optional:
             continue
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f'{_PREFIX}{name} must be a torch.Tensor, got {type(tensor).__name__}')
+            raise TypeError(f'{prefix}{name} must be a torch.Tensor, got {type(tensor).__name__}')
         if tensor.is_complex():
-            raise TypeError(f'{_PREFIX}{name} must be real, got complex dtype {tensor.dtype} '
+            raise TypeError(f'{prefix}{name} must be real, got complex dtype {tensor.dtype} '
                             '(complex A, B, C are not supported)')
         if tensor.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f'{_PREFIX}{name} has unsupported dtype {tensor.dtype}; '
+            raise TypeError(f'{prefix}{name} has unsupported dtype {tensor.dtype}; '
                             f'expected one of {", ".join(map(str, SUPPORTED_DTYPES))}')
-        if tensor.device != u.device:
-            raise ValueError(f'{_PREFIX}{name} is on {tensor.device} but u is on {u.device}; '
+        device = tensor.device if device is None else device
+        if tensor.device != device:
+            raise ValueError(f'{prefix}{name} is on {tensor.device} but u is on {device}; '
                              'all inputs must be on one device')
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise a TypeError / ValueError naming the argument, the expected and the received shape."""
+    check_tensors(_PREFIX, dict(u=u, delta=delta, A=A, B=B, C=C), dict(D=D, z=z, delta_bias=delta_bias))
 
     if u.dim() != 3:
         raise ValueError(f'{_PREFIX}u must have shape (batch, D, L), got {tuple(u.shape)}')
