@@ -1,0 +1,15 @@
+# MambaVision-L-21K: pre-trained on ImageNet-21K, fine-tuned on ImageNet-1K (mmpretrain). Published top-1: 86.1 at 224 x
+# 224. Official weights: https://huggingface.co/nvidia/MambaVision-L-21K/resolve/main/mambavision_large_21k.pth.tar
+#
+#   python tools/model_converters/mambavision2mmmv.py mambavision_large_21k.pth.tar \
+#       checkpoints/mambavision_l_21k_in1k.pth
+#   python tools/test.py configs/mambavision_l_21k_in1k.py checkpoints/mambavision_l_21k_in1k.pth
+#
+# Test transform (the base's): crop_pct 1.0 -> short side floor(224 / 1.0) = 224 (bicubic), centre crop 224.
+#
+# The ImageNet-21K pre-training and ImageNet-1K fine-tuning recipes of this model are not published. This config is for
+# evaluating the released weights and for fine-tuning from them; training it runs the base's 1K recipe, which is not the
+# official procedure.
+_base_ = ['./_base_/mambavision_in1k.py']
+
+model = dict(backbone=dict(arch='L', drop_path_rate=0.3), head=dict(in_channels=1568))
