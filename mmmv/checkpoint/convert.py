@@ -136,19 +136,32 @@ def convert_official(state_dict: Mapping[str, torch.Tensor]) -> Tuple['OrderedDi
 
 
 def convert_checkpoint(src: str, dst: Optional[str] = None) -> Tuple[Dict, List[str]]:
-    """Load an official checkpoint file safely, convert it and optionally save ``{'state_dict', 'meta'}`` to dst."""
+    """Load an official checkpoint file safely, convert it and optionally save ``{'state_dict', 'meta'}`` to dst.
+
+    The source's own ``meta`` (mmengine's: ``dataset_meta`` with the class names, ``epoch``, ``iter``, the training
+    ``cfg`` text, ...) is kept, with mmmv's conversion record added to it. Training state (``optimizer``,
+    ``message_hub``, ``param_schedulers``, a timm file's ``args`` ...) is not carried over; its entries are listed in
+    ``meta['dropped_entries']``.
+    """
     checkpoint = safe_load(src)
     state_dict = extract_state_dict(checkpoint)
     layout = detect_layout(state_dict)
     converted, unmapped = convert_official(state_dict)
-    meta = dict(mmmv_converted_from=str(src), source_layout=layout, unmapped_keys=unmapped)
+    meta = {}
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('meta'), Mapping):
+        meta.update(checkpoint['meta'])
+    weights_entry = next((k for k in ('state_dict', 'model', 'module')
+                          if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(k), Mapping)), None)
+    dropped = ([k for k in checkpoint if k not in (weights_entry, 'meta')]
+               if weights_entry is not None else [])
+    meta.update(mmmv_converted_from=str(src), source_layout=layout, unmapped_keys=unmapped,
+                dropped_entries=dropped)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('arch'), str):
         meta['source_arch'] = checkpoint['arch']
     result = dict(state_dict=converted, meta=meta)
     if dst is not None:
         torch.save(result, dst)
     return result, unmapped
-
 
 
 def save_converted(result: Mapping, unmapped: List[str], dst: str, allow_unmapped: bool) -> int:

@@ -185,6 +185,19 @@ def build_runner(args: argparse.Namespace, mode: str):
         if args.tta:
             _apply_tta(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if mode == 'test' and args.out:
-        runner.test_evaluator.metrics.append(_dump_metric(cfg.default_scope, args.out))
+    if mode == 'test':
+        _load_strictly(runner)
+        if args.out:
+            runner.test_evaluator.metrics.append(_dump_metric(cfg.default_scope, args.out))
     return runner
+
+
+def _load_strictly(runner) -> None:
+    """Make the runner's loading of the tested checkpoint strict: a key that is missing from the checkpoint or that
+    the model lacks fails with mmengine's list of them, instead of a warning followed by testing half-random weights."""
+    load = runner.load_checkpoint
+
+    def load_checkpoint(filename, map_location='cpu', strict=True, revise_keys=((r'^module\.', ''),)):
+        return load(filename, map_location=map_location, strict=True, revise_keys=list(revise_keys))
+
+    runner.load_checkpoint = load_checkpoint
