@@ -10,15 +10,17 @@ to :func:`build_vmunet_head`, which imports mmseg only when such a head is built
 mmseg is missing.
 
 The segmentation configs' extras are registered the same way: the ``VMUNetDiceLoss`` loss (``MODELS``), the
-``PooledSegMetric`` and ``CaseDiceHD95Metric`` metrics (``METRICS``; they need only mmengine), and, when mmseg is
+``PooledSegMetric`` and ``CaseDiceHD95Metric`` metrics (``METRICS``; they need only mmengine), the
+``TrainBenchmarkHook`` (``HOOKS``), and, when mmseg is
 installed, the dataset names of :data:`mmmv.datasets.SEG_DATASET_NAMES` (``DATASETS``), each bound to a builder that
 imports mmseg when the dataset is built.
 """
 import importlib.util
 
-from mmengine.registry import DATASETS, METRICS, MODELS
+from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
 
 from .datasets import SEG_DATASET_NAMES, seg_dataset_builder
+from .engine.hooks import TrainBenchmarkHook
 from .evaluation.metrics import CaseDiceHD95Metric, PooledSegMetric
 from .losses import VMUNetDiceLoss
 from .models import MambaVision, VSSEncoder
@@ -36,6 +38,7 @@ MODELS.register_module(name='VMUNetHead', module=build_vmunet_head)
 MODELS.register_module(name='VMUNetDiceLoss', module=VMUNetDiceLoss)
 METRICS.register_module(name='PooledSegMetric', module=PooledSegMetric)
 METRICS.register_module(name='CaseDiceHD95Metric', module=CaseDiceHD95Metric)
+HOOKS.register_module(name='TrainBenchmarkHook', module=TrainBenchmarkHook)
 if importlib.util.find_spec('mmseg') is not None:
     for _name in SEG_DATASET_NAMES:
         DATASETS.register_module(name=_name, module=seg_dataset_builder(_name))
