@@ -126,7 +126,13 @@ def test_converter_refuses_missing_and_corrupt_files(tmp_path):
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(b'not a checkpoint at all')
     proc = run_tool(bad, tmp_path / 'out.pth')
-    assert proc.returncode != 0 and 'bad.pth' in proc.stderr
+    # one line naming the file and the problem, no traceback
+    assert proc.returncode == 2 and 'bad.pth' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'not a checkpoint written by torch.save' in proc.stderr.strip().splitlines()[-1]
+    no_weights = tmp_path / 'no_weights.pth'
+    torch.save({'epoch': 3}, no_weights)
+    proc = run_tool(no_weights, tmp_path / 'out.pth')
+    assert proc.returncode == 2 and 'no weights found' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_mismatched_checkpoint_raises_with_the_key_lists(classifier, tmp_path):

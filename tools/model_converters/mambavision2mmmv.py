@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from mmmv.checkpoint.convert import convert_checkpoint, save_converted  # noqa: E402
+from mmmv.checkpoint.safe_load import CorruptCheckpointError, UnsafeCheckpointError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +34,11 @@ def main(argv=None) -> int:
     if osp.abspath(args.src) == osp.abspath(args.dst):
         parser.error('DST must differ from SRC')
 
-    result, unmapped = convert_checkpoint(args.src)
+    try:
+        result, unmapped = convert_checkpoint(args.src)
+    except (ValueError, TypeError, UnsafeCheckpointError, CorruptCheckpointError) as error:
+        print(f'{args.src}: {error}', file=sys.stderr)  # one line naming the problem; no traceback
+        return 2
     meta = result['meta']
     print(f'{args.src}: {meta["source_layout"]} layout, {len(result["state_dict"])} tensors converted')
     return save_converted(result, unmapped, args.dst, args.allow_unmapped)
