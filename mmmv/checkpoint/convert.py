@@ -88,13 +88,24 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
                      f'stages keys); first keys: {keys[:5]}')
 
 
+# Entries of a checkpoint that hold the weights, in the order they are looked for.
+WEIGHT_ENTRIES = ('state_dict', 'model', 'module')
+
+
+def weights_entry(checkpoint) -> Optional[str]:
+    """The entry of a loaded checkpoint that holds its weights (see :data:`WEIGHT_ENTRIES`), or None."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    return next((k for k in WEIGHT_ENTRIES if isinstance(checkpoint.get(k), Mapping)), None)
+
+
 def extract_state_dict(checkpoint) -> 'OrderedDict[str, torch.Tensor]':
     """The weights of a loaded checkpoint: ``state_dict``, ``model`` or the mapping itself."""
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f'a checkpoint must be a mapping, got {type(checkpoint).__name__}')
-    for key in ('state_dict', 'model', 'module'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return OrderedDict(checkpoint[key])
+    entry = weights_entry(checkpoint)
+    if entry is not None:
+        return OrderedDict(checkpoint[entry])
     if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return OrderedDict(checkpoint)
     raise ValueError(f'no weights found in the checkpoint: expected a "state_dict" or "model" entry or a plain '
@@ -150,10 +161,8 @@ def convert_checkpoint(src: str, dst: Optional[str] = None) -> Tuple[Dict, List[
     meta = {}
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('meta'), Mapping):
         meta.update(checkpoint['meta'])
-    weights_entry = next((k for k in ('state_dict', 'model', 'module')
-                          if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(k), Mapping)), None)
-    dropped = ([k for k in checkpoint if k not in (weights_entry, 'meta')]
-               if weights_entry is not None else [])
+    entry = weights_entry(checkpoint)
+    dropped = [k for k in checkpoint if k not in (entry, 'meta')] if entry is not None else []
     meta.update(mmmv_converted_from=str(src), source_layout=layout, unmapped_keys=unmapped,
                 dropped_entries=dropped)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('arch'), str):

@@ -68,17 +68,17 @@ class TrainBenchmarkHook(Hook):
 
     def after_train(self, runner) -> None:
         timed = self.times[self.warmup:]
+        median = statistics.median(timed) if timed else None
         per_rank = all_gather_object(dict(rank=get_rank(), peak_allocated_gib=self.peak_allocated / 2**30,
                                           peak_reserved_gib=self.peak_reserved / 2**30,
-                                          median_iter_s=statistics.median(timed) if timed else None,
-                                          iterations_timed=len(timed)))
+                                          median_iter_s=median, iterations_timed=len(timed)))
         report = dict(
             world_size=get_world_size(),
             device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
             sync_bn_layers=self.sync_bn_layers,
             warmup=self.warmup,
             iterations_run=len(self.times),
-            median_iter_s=statistics.median(timed) if timed else None,
+            median_iter_s=median,
             mean_iter_s=statistics.fmean(timed) if timed else None,
             ranks=per_rank)
         runner.logger.info('TrainBenchmarkHook: ' + json.dumps(report))

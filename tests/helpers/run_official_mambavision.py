@@ -34,17 +34,21 @@ def install_shims():
     sys.modules['mamba_ssm.ops.selective_scan_interface'] = interface
 
 
-def randomise_(model, seed):
-    """Random values everywhere (incl. BN statistics and layer scales) so that every weight matters."""
+def randomise_(model, seed, scale=0.1, norm_weights_around_one=False):
+    """Random values everywhere (incl. BN statistics and layer scales) so that every weight matters: normal with std
+    ``scale``; BN running variances positive, A_log perturbed around its value, and with ``norm_weights_around_one``
+    every 1-D ``weight`` (the norms' scales) around 1, which keeps deep random models' activations in range."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.dtype.is_floating_point:
-                values = torch.randn(tensor.shape, generator=generator) * 0.1
+                values = torch.randn(tensor.shape, generator=generator) * scale
                 if name.endswith('running_var'):
                     values = values.abs() + 0.5
                 elif name.endswith('A_log'):
                     values = values + tensor
+                elif norm_weights_around_one and name.endswith('.weight') and tensor.ndim == 1:
+                    values = values + 1.0
                 tensor.copy_(values)
 
 

@@ -7,7 +7,7 @@ The config itself is trained, through ``tools/train.py`` (one GPU) or ``tools/di
 NCCL), with only its data and schedule replaced:
 
 - data: generated once under ``data/benchmark/`` in the config's own layout and at its real size: COCO-format
-  1333 x 800 images with instance masks for mmdet configs, ADE20K-layout images (683 x 512, or 854 x 640 for 640 crops)
+  1333 x 800 images with instance masks for mmdet configs, ADE20K-layout images (683 x 512, or 853 x 640 for 640 crops)
   with 150-class label maps for mmseg configs. The config's training pipeline (multi-scale resize, crops, flips) runs
   on them unchanged, so the network sees inputs of the sizes it sees on COCO / ADE20K;
 - the backbone starts from its random initialisation (``init_cfg=None``): no checkpoint is needed;

@@ -62,22 +62,6 @@ def import_official(repo: str, config: str) -> None:
     import mamba_vision  # noqa: F401  (the official module; registers MM_mamba_vision)
 
 
-def randomise_(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.dtype.is_floating_point:
-                continue
-            values = torch.randn(tensor.shape, generator=generator) * 0.05
-            if name.endswith('running_var'):
-                values = values.abs() + 0.5
-            elif name.endswith('A_log'):
-                values = values + tensor
-            elif name.endswith(('.weight',)) and tensor.ndim == 1:  # norms: around 1
-                values = values + 1.0
-            tensor.copy_(values)
-
-
 def build(cfg_path: str, fix_neck: bool):
     from mmengine.config import Config
     from mmengine.registry import DefaultScope, MODELS
@@ -87,7 +71,8 @@ def build(cfg_path: str, fix_neck: bool):
     if fix_neck and 'neck' in backbone:
         note = f'moved neck={backbone.neck} from the backbone dict to model.neck'
         cfg.model.neck.update(backbone.pop('neck'))
-    backbone.pop('pretrained', None) if backbone.get('type') == 'MM_mamba_vision' else None
+    if backbone.get('type') == 'MM_mamba_vision':
+        backbone.pop('pretrained', None)
     if 'init_cfg' in backbone:
         backbone.init_cfg = None
     scope = cfg.get('default_scope', 'mmdet')
@@ -147,8 +132,9 @@ def main(argv=None) -> int:
     from mmmv.checkpoint.convert import convert_checkpoint
     official_config = osp.join(args.official_repo, args.official_config)
     import_official(args.official_repo, args.official_config)
+    from run_official_mambavision import randomise_
     official, scope, note = build(official_config, fix_neck=True)
-    randomise_(official, args.seed)
+    randomise_(official, args.seed, scale=0.05, norm_weights_around_one=True)
     state_dict = official.state_dict()
     official_params = sum(p.numel() for p in official.parameters())
     if args.dump_layout:
