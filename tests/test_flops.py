@@ -262,4 +262,5 @@ def test_tool_says_how_to_fix_a_broken_torchvision(tmp_path):
     proc = _run([osp.join(REPO, 'configs', 'mambavision_t_in1k.py')], code=code)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: mmpretrain imports torchvision') and 'fix: install' in last
+    assert last.startswith('error: mmpretrain imports torchvision, but torchvision fails to import')
+    assert 'fix: pip install --no-deps "torchvision==' in last

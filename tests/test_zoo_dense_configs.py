@@ -16,6 +16,7 @@ import torch
 
 mmengine = pytest.importorskip('mmengine', reason='the OpenMMLab stack is installed by tools/install.sh')
 from mmengine.config import Config  # noqa: E402
+from mmmv.engine import toolbox  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYOUTS = osp.join(REPO, 'tests', 'data', 'official_layouts')
@@ -100,12 +101,7 @@ def test_recipe_is_the_official_one(name):
 
 
 def build(cfg):
-    from mmengine.registry import DefaultScope
-    scope = cfg.default_scope
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    __import__(f'{scope}.utils', fromlist=['register_all_modules']).register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope(scope):
-        return registry.build(cfg.model).eval()
+    return toolbox.build_model(cfg, revert_sync_bn=False)
 
 
 def synthetic_official_checkpoint(layout, path, seed=0):

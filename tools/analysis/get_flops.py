@@ -19,17 +19,16 @@ attention matmuls they miss, and the total; 1 multiply-add = 1 FLOP. Conventions
 ``mmmv/analysis/flops.py``. The last line is a markdown row for the table in docs/flops.md.
 """
 import argparse
-import importlib
 import os.path as osp
 import sys
 import time
-import traceback
 
 import torch
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from mmmv.analysis import count_complexity, format_table, giga, summary_row  # noqa: E402
+from mmmv.engine import toolbox  # noqa: E402
 
 DETECTION_SHAPE = (800, 1280)  # H x W of mmdet's get_flops
 SEGMENTATION_SHAPE = (512, 512)
@@ -91,28 +90,9 @@ def default_shape(cfg, scope: str) -> tuple:
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
-def _fails_on_torchvision(error: BaseException) -> bool:
-    return 'torchvision' in ''.join(traceback.format_exception(error))
-
-
-def build_model(cfg, scope: str) -> torch.nn.Module:
-    """The config's model from its toolbox's registry, without init_weights (no checkpoint is read)."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    try:
-        registry = importlib.import_module(f'{scope}.registry')
-        model = registry.MODELS.build(cfg.model)
-        if scope == 'mmdet':
-            importlib.import_module('mmdet.structures')
-    except Exception as error:  # noqa: BLE001 - only a failing torchvision import is turned into the fix
-        if not _fails_on_torchvision(error):
-            raise
-        raise SystemExit(f'error: {scope} imports torchvision, which fails to import here ({type(error).__name__}: '
-                         f'{str(error).splitlines()[0] if str(error) else ""}); fix: install the torchvision build '
-                         f'made for torch {torch.__version__} (for a CPU-only torch: pip install torchvision '
-                         '--index-url https://download.pytorch.org/whl/cpu)')
-    return revert_sync_batchnorm(model).eval()
+def build_model(cfg) -> torch.nn.Module:
+    """The config's model in its toolbox, eval mode, random weights (no init_cfg checkpoint is read), SyncBN reverted."""
+    return toolbox.build_model(cfg)
 
 
 def _tensors(output) -> tuple:
@@ -164,7 +144,7 @@ def main(argv=None) -> int:
     shape = (tuple(args.shape) * 2)[:2] if args.shape else default_shape(cfg, scope)
     counted, parts = COUNTED[scope]
 
-    model = build_model(cfg, scope).to(args.device)
+    model = build_model(cfg).to(args.device)
     parts = {label: names for label, names in parts.items() if all(hasattr(model, n) for n in names)}
     proposals = bind_forward(model, scope, shape)
     images = torch.randn(1, IN_CHANNELS, *shape, device=args.device)
@@ -197,4 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(toolbox.run_tool(main))
