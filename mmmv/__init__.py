@@ -3,6 +3,9 @@
 ``import mmmv`` (or ``custom_imports=dict(imports=['mmmv'])`` in a config) registers the models in mmengine's registry
 and makes mmengine's checkpoint loading work, safely, on torch >= 2.6. Neither needs more than mmengine; without
 mmengine the plain-PyTorch models and ops are still usable.
+
+Start-up stays short (tests/test_startup.py): neither torch._dynamo nor triton is imported until a scan runs on
+Triton, and mmengine's checkpoint module (with its runner) is patched when something imports it, not imported here.
 """
 import importlib.util
 
@@ -13,6 +16,6 @@ __all__ = ['__version__', 'selective_scan']
 
 if importlib.util.find_spec('mmengine') is not None:
     from . import registry  # noqa: F401
-    from .checkpoint.safe_load import patch_mmengine
+    from .checkpoint.safe_load import patch_mmengine_on_import
 
-    patch_mmengine()
+    patch_mmengine_on_import()

@@ -11,19 +11,32 @@ mmseg is missing.
 
 The segmentation configs' extras are registered the same way: the ``VMUNetDiceLoss`` loss (``MODELS``), the
 ``PooledSegMetric`` and ``CaseDiceHD95Metric`` metrics (``METRICS``; they need only mmengine), the
-``TrainBenchmarkHook`` (``HOOKS``), and, when mmseg is
-installed, the dataset names of :data:`mmmv.datasets.SEG_DATASET_NAMES` (``DATASETS``), each bound to a builder that
+``TrainBenchmarkHook`` (``HOOKS``; like every hook it is registered through :func:`lazy_builder`, because importing
+mmengine's ``Hook`` imports mmengine's optimisers and torch.distributed, over a second of ``import mmmv``), and, when
+mmseg is installed, the dataset names of :data:`mmmv.datasets.SEG_DATASET_NAMES` (``DATASETS``), each bound to a builder that
 imports mmseg when the dataset is built.
 """
+import importlib
 import importlib.util
+from typing import Callable
 
 from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
 
 from .datasets import SEG_DATASET_NAMES, seg_dataset_builder
-from .engine.hooks import TrainBenchmarkHook
 from .evaluation.metrics import CaseDiceHD95Metric, PooledSegMetric
 from .losses import VMUNetDiceLoss
 from .models import MambaVision, VSSEncoder
+
+
+def lazy_builder(module: str, name: str) -> Callable:
+    """A function building ``module.name`` from config keywords, importing `module` on the first build."""
+
+    def build(**cfg):
+        return getattr(importlib.import_module(module), name)(**cfg)
+
+    build.__name__ = build.__qualname__ = f'build_{name}'
+    build.__doc__ = f'Build {module}.{name} (imported on first use).'
+    return build
 
 
 def build_vmunet_head(**cfg):
@@ -38,9 +51,9 @@ MODELS.register_module(name='VMUNetHead', module=build_vmunet_head)
 MODELS.register_module(name='VMUNetDiceLoss', module=VMUNetDiceLoss)
 METRICS.register_module(name='PooledSegMetric', module=PooledSegMetric)
 METRICS.register_module(name='CaseDiceHD95Metric', module=CaseDiceHD95Metric)
-HOOKS.register_module(name='TrainBenchmarkHook', module=TrainBenchmarkHook)
+HOOKS.register_module(name='TrainBenchmarkHook', module=lazy_builder('mmmv.engine.hooks', 'TrainBenchmarkHook'))
 if importlib.util.find_spec('mmseg') is not None:
     for _name in SEG_DATASET_NAMES:
         DATASETS.register_module(name=_name, module=seg_dataset_builder(_name))
 
-__all__ = ['MODELS', 'build_vmunet_head']
+__all__ = ['MODELS', 'build_vmunet_head', 'lazy_builder']

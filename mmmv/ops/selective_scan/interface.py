@@ -18,7 +18,7 @@ from .torch_backend import selective_scan_torch
 
 ENV_BACKEND = 'MMMV_SCAN_BACKEND'
 AUTO = 'auto'
-BACKEND_NAMES = ('torch', 'triton')
+BACKEND_NAMES = ('torch', 'triton', 'export')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PREFIX = 'selective_scan: '
 _logger = logging.getLogger(__name__)
@@ -44,12 +44,12 @@ def _triton_implementation() -> Callable:
 BACKENDS: Dict[str, Callable[[], Callable]] = {
     'torch': lambda: selective_scan_torch,
     'triton': _triton_implementation,
+    # forward only, exportable (torch.export / ONNX): chosen explicitly, never by 'auto'
+    'export': lambda: importlib.import_module(f'{__package__}.export_backend').selective_scan_export,
 }
 _triton_checked: Dict[str, bool] = {}
 
 
-# torch.compile runs this once while tracing and keeps the answer (the import machinery cannot be traced)
-@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Whether the Triton backend imports here (auto dispatch sends CUDA tensors to it then)."""
     if 'available' not in _triton_checked:
@@ -61,6 +61,12 @@ def triton_available() -> bool:
                             "torch backend. pip install triton to get it.", type(error).__name__, error)
             _triton_checked['available'] = False
     return _triton_checked['available']
+
+
+# torch.compile runs `triton_available` once while tracing and keeps the answer (the import machinery cannot be
+# traced). This is what torch.compiler.assume_constant_result does; calling it would import torch._dynamo (and with
+# it triton, ~1.5 s) at `import mmmv` (tests/test_startup.py checks both).
+triton_available._dynamo_marked_constant = True
 
 
 def check_backend_name(backend, source: str) -> str:
@@ -75,7 +81,7 @@ def check_backend_name(backend, source: str) -> str:
 
 
 def set_scan_backend(backend: Optional[str]) -> None:
-    """Make `backend` ('torch', 'triton', 'auto') the default of this thread's calls; None clears it."""
+    """Make `backend` ('torch', 'triton', 'export', 'auto') the default of this thread's calls; None clears it."""
     _override.stack = [] if backend is None else [check_backend_name(backend, 'set_scan_backend')]
 
 
@@ -87,7 +93,8 @@ def get_scan_backend() -> Optional[str]:
 
 @contextlib.contextmanager
 def scan_backend(backend: Optional[str]) -> Iterator[None]:
-    """Run the selective scans inside the block on `backend` ('torch', 'triton', 'auto'); None changes nothing.
+    """Run the selective scans inside the block on `backend` ('torch', 'triton', 'export', 'auto'); None changes
+    nothing.
 
     Example::
 
@@ -146,9 +153,10 @@ def selective_scan(
         delta_softplus: apply softplus to delta after the bias.
         return_last_state: also return the state after the last token.
         backend: 'triton' (fused Triton kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``;
-            float16 / bfloat16 / float32), 'torch' (vectorised PyTorch, any device and dtype), or None / 'auto'
-            for the best available one. When None, a `scan_backend` context or ``MMMV_SCAN_BACKEND`` (torch,
-            triton or auto) may force the choice.
+            float16 / bfloat16 / float32), 'torch' (vectorised PyTorch, any device and dtype), 'export' (forward
+            only, one ``torch._higher_order_ops.scan`` that ``torch.export`` and ONNX export can trace, see
+            ``export_backend.py``), or None / 'auto' for the best available one ('torch' or 'triton'). When None, a
+            `scan_backend` context or ``MMMV_SCAN_BACKEND`` (torch, triton, export or auto) may force the choice.
 
     Returns:
         y (batch, D, L) in u's dtype; with ``return_last_state`` the tuple (y, last_state) where
