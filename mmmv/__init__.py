@@ -8,9 +8,14 @@ Start-up stays short (tests/test_startup.py): neither torch._dynamo nor triton i
 Triton, and mmengine's checkpoint module (with its runner) is patched when something imports it, not imported here.
 """
 import importlib.util
+import warnings
 
-from .ops import selective_scan
-from .version import __version__
+# mmengine 0.10 imports pkg_resources, whose deprecation warning (setuptools >= 67) is printed once per import site,
+# four times before a tool says anything; it is harmless (tools/install.sh pins setuptools < 81, which still has it).
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API', category=UserWarning)
+
+from .ops import selective_scan  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ['__version__', 'selective_scan']
 

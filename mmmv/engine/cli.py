@@ -7,7 +7,11 @@ import argparse
 import os
 import os.path as osp
 
-TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
+from . import preflight
+from .toolbox import TOOLBOXES, SetupError
+
+# AmpOptimWrapper arguments that OptimWrapper does not take
+AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +33,10 @@ def _dict_action():
 def parse_train_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model from an OpenMMLab config (mmdet, mmseg, mmpretrain)')
     parser.add_argument('config', help='config file, e.g. configs/mask_rcnn_mambavision_t.py')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training (AmpOptimWrapper)')
+    amp = parser.add_mutually_exclusive_group()
+    amp.add_argument('--amp', action='store_true', help='mixed-precision training (AmpOptimWrapper; needs a GPU)')
+    amp.add_argument('--no-amp', action='store_true',
+                     help='float32 training of a config that uses AmpOptimWrapper (e.g. on a CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the real batch size / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -61,15 +68,15 @@ def load_config(args: argparse.Namespace):
     from mmengine.config import Config
 
     if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file {args.config!r} does not exist')
+        raise SetupError(f'config file {args.config!r} does not exist (the configs are in configs/, docs/configs.md)')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope')
     if scope not in TOOLBOXES:
-        raise ValueError(f'{args.config}: default_scope is {scope!r}; tools/train.py and tools/test.py need one of '
-                         f'{TOOLBOXES}. Inherit a toolbox base such as "mmdet::_base_/default_runtime.py".')
+        raise SetupError(f'{args.config}: default_scope is {scope!r}; tools/train.py and tools/test.py need one of '
+                         f'{TOOLBOXES}: inherit a toolbox base such as "mmdet::_base_/default_runtime.py"')
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -87,6 +94,10 @@ def _apply_train_options(cfg, args) -> None:
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if getattr(args, 'no_amp', False) and cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        for key in AMP_ONLY_KEYS:
+            cfg.optim_wrapper.pop(key, None)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the config')
@@ -96,32 +107,30 @@ def _apply_train_options(cfg, args) -> None:
         cfg.load_from = None
     elif args.resume is not None:
         if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume: checkpoint {args.resume!r} does not exist')
+            raise SetupError(f'--resume: checkpoint {args.resume!r} does not exist (without a path, --resume takes '
+                             'the latest checkpoint of the work dir)')
         cfg.resume = True
         cfg.load_from = args.resume
 
 
 def _apply_show_options(cfg, args) -> None:
-    """Turn on the toolbox's visualisation hook for --show / --show-dir."""
+    """--show: the toolbox's visualisation hook shows each picture in a window. --show-dir: mmmv's
+    PredictionPicturesHook saves them to WORK_DIR/TIMESTAMP/SHOW_DIR/NAME.png in every toolbox and prints the folder
+    (mmmv/engine/picture_hook.py); the toolbox's hook then draws nothing more, unless it also shows."""
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
         raise ValueError('--show/--show-dir need a "visualization" entry in default_hooks (the toolbox\'s '
                          'default_runtime.py has one)')
     hook = hooks.visualization
     scope = cfg.default_scope
-    if scope == 'mmpretrain':
-        hook.enable = True
-        if args.show_dir:
-            hook.out_dir = args.show_dir
-    else:
-        hook.draw = True
-        if args.show_dir and scope == 'mmdet':
-            hook.test_out_dir = args.show_dir
-        elif args.show_dir:  # mmseg writes through the visualizer's save_dir
-            cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
+    hook['enable' if scope == 'mmpretrain' else 'draw'] = bool(args.show)
     if args.show:
         hook.show = True
         hook.wait_time = args.wait_time
+    if args.show_dir:
+        draw_args = dict(pred_score_thr=hook.get('score_thr', 0.3)) if scope == 'mmdet' else {}
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []),
+                            dict(type='PredictionPicturesHook', out_dir=args.show_dir, draw_args=draw_args)]
 
 
 def _apply_tta(cfg) -> None:
@@ -173,17 +182,19 @@ def build_runner(args: argparse.Namespace, mode: str):
     from mmengine.runner import Runner
 
     cfg = load_config(args)
-    _setup_cpu_distributed(cfg)
     if mode == 'train':
         _apply_train_options(cfg, args)
     else:
         if not osp.isfile(args.checkpoint):
-            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+            raise SetupError(f'checkpoint {args.checkpoint!r} does not exist; convert an official one with '
+                             'tools/model_converters/ (docs/converting_weights.md)')
         cfg.load_from = args.checkpoint
         if args.show or args.show_dir:
             _apply_show_options(cfg, args)
         if args.tta:
             _apply_tta(cfg)
+    preflight.run_all(cfg, mode, amp=getattr(args, 'amp', False))
+    _setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if mode == 'test':
         _load_strictly(runner)
