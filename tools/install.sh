@@ -8,7 +8,9 @@
 #
 # Environment:
 #   PYTHON            interpreter to install into (default: python3, or python if that is missing)
-#   MMMV_TORCH_SPEC   what to install when torch is missing (default: "torch"); an installed torch is never replaced
+#   MMMV_TORCH_SPEC   what to install when torch is missing (default: "torch", a CUDA build on Linux): on a machine
+#                     without a GPU name a CPU build, e.g. "torch==2.13.0" where your index serves that as the CPU
+#                     wheel, or "torch --index-url https://download.pytorch.org/whl/cpu"; an installed torch is kept
 #   MAX_JOBS          parallel compile jobs for the mmcv build (default: number of cores)
 #
 # Why the steps are what they are (docs/install.md has the long version):
@@ -43,6 +45,8 @@ while [ $# -gt 0 ]; do
 done
 
 say() { printf '[mmmv install] %s\n' "$*"; }
+# pip's "running pip as root" warning (containers run as root) and its version notice are noise here
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 pip_() { "$PYTHON" -m pip "$@"; }
 # the torchvision release paired with the installed torch 2.x (0.x with x = minor + 15)
 torchvision_spec() {
@@ -66,7 +70,9 @@ if "$PYTHON" -c "import torch" 2>/dev/null; then
   say "keeping torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
 else
   say "no torch found: installing '$TORCH_SPEC' (set MMMV_TORCH_SPEC to choose a build)"
-  pip_ install "${index_args[@]}" "$TORCH_SPEC"
+  # unquoted: the spec may carry pip options, e.g. "torch --index-url https://download.pytorch.org/whl/cpu"
+  # shellcheck disable=SC2086
+  pip_ install "${index_args[@]}" $TORCH_SPEC
 fi
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 
@@ -113,9 +119,8 @@ if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
   pip_ install "${index_args[@]}" --no-deps "$tv_spec" || true
   if ! "$PYTHON" -c "import torchvision" 2>/dev/null; then
     pip_ uninstall -y torchvision >/dev/null 2>&1 || true
-    say "WARNING: no torchvision that works with torch $torch_version could be installed (PyPI has CUDA builds only)."
-    say "         mmdet and mmseg work; mmpretrain (classification configs) needs torchvision: install a build"
-    say "         matching your torch from your PyTorch index."
+    say "note: no torchvision that works with torch $torch_version could be installed (PyPI has CUDA builds only);"
+    say "      mmdet and mmseg do not need it, mmpretrain (classification configs) does: see the summary below."
   fi
 fi
 pip_ install "${index_args[@]}" --no-build-isolation -e "$HERE$extras"
@@ -127,14 +132,25 @@ fi
 
 "$PYTHON" - <<'EOF'
 import importlib
+import importlib.metadata
 rows = []
 for name in ("torch", "mmengine", "mmcv", "mmdet", "mmseg", "mmpretrain", "triton", "mmmv"):
     try:
         rows.append((name, importlib.import_module(name).__version__))
     except ImportError as e:
         rows.append((name, f"not installed ({e})"))
+    except Exception as e:  # noqa: BLE001 - mmpretrain raises whatever its torchvision import raises
+        rows.append((name, f"{importlib.metadata.version(name)}, does not import ({type(e).__name__})"))
 import mmcv.ops  # noqa: F401  (fails loudly if the ops were not built)
+from mmmv.engine.toolbox import torchvision_fix, torchvision_problem
+problem = torchvision_problem()
+if problem is not None:
+    rows = [(name, f"{importlib.metadata.version('mmpretrain')} installed, unusable here: {problem}" if name == "mmpretrain"
+             else version) for name, version in rows]
 print("[mmmv install] installed:")
 for name, version in rows:
     print(f"    {name:<11} {version}")
+if problem is not None:
+    print("[mmmv install] classification configs (mmpretrain) need a torchvision built for this torch; fix:")
+    print(f"    {torchvision_fix()}")
 EOF
