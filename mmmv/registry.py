@@ -11,7 +11,7 @@ mmseg is missing.
 
 The segmentation configs' extras are registered the same way: the ``VMUNetDiceLoss`` loss (``MODELS``), the
 ``PooledSegMetric`` and ``CaseDiceHD95Metric`` metrics (``METRICS``; they need only mmengine), the
-``TrainBenchmarkHook`` (``HOOKS``; like every hook it is registered through :func:`lazy_builder`, because importing
+``TrainBenchmarkHook`` and ``PredictionPicturesHook`` (``HOOKS``; like every hook it is registered through :func:`lazy_builder`, because importing
 mmengine's ``Hook`` imports mmengine's optimisers and torch.distributed, over a second of ``import mmmv``), and, when
 mmseg is installed, the dataset names of :data:`mmmv.datasets.SEG_DATASET_NAMES` (``DATASETS``), each bound to a builder that
 imports mmseg when the dataset is built.
@@ -52,6 +52,8 @@ MODELS.register_module(name='VMUNetDiceLoss', module=VMUNetDiceLoss)
 METRICS.register_module(name='PooledSegMetric', module=PooledSegMetric)
 METRICS.register_module(name='CaseDiceHD95Metric', module=CaseDiceHD95Metric)
 HOOKS.register_module(name='TrainBenchmarkHook', module=lazy_builder('mmmv.engine.hooks', 'TrainBenchmarkHook'))
+HOOKS.register_module(name='PredictionPicturesHook',
+                      module=lazy_builder('mmmv.engine.picture_hook', 'PredictionPicturesHook'))
 if importlib.util.find_spec('mmseg') is not None:
     for _name in SEG_DATASET_NAMES:
         DATASETS.register_module(name=_name, module=seg_dataset_builder(_name))

@@ -16,6 +16,7 @@ start=$(date +%s)
 checkpoint=$(cat "$WORK_DIR/last_checkpoint")
 "$PYTHON" tools/test.py "$CONFIG" "$checkpoint" --work-dir "$WORK_DIR" --show-dir predictions
 pictures=$(ls -td "$WORK_DIR"/*/predictions 2>/dev/null | head -n 1)
+pictures=${pictures:+$(cd "$pictures" && pwd)}  # absolute
 echo "[mmmv demo] done in $(( $(date +%s) - start )) s"
 echo "[mmmv demo] checkpoint: $checkpoint"
 echo "[mmmv demo] pictures of predictions: $pictures"

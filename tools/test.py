@@ -3,8 +3,10 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show] [--show-dir DIR]
                          [--wait-time S] [--tta] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
-``--show-dir`` saves pictures of the predictions (boxes and masks, segmentation maps or class labels): mmdet under
-``WORK_DIR/TIMESTAMP/SHOW_DIR``, mmseg under ``WORK_DIR/SHOW_DIR``, mmpretrain under ``SHOW_DIR``. The checkpoint is read through mmmv's safe loader: no code in it runs.
+``--show-dir`` saves pictures of the predictions (boxes and masks, segmentation maps or class labels) as
+``WORK_DIR/TIMESTAMP/SHOW_DIR/NAME.png`` for every toolbox, and prints that folder's absolute path at the end. Before
+anything is built, missing dataset files and a missing checkpoint stop it with one line naming the fix
+(mmmv/engine/preflight.py). The checkpoint is read through mmmv's safe loader (no code in it runs) and loaded strictly.
 """
 import os
 import sys

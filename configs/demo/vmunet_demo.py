@@ -60,4 +60,5 @@ default_hooks = dict(
     checkpoint=dict(interval=max_epochs, save_best=None),
     # draw every validation image: input, ground truth and prediction, side by side
     visualization=dict(type='SegVisualizationHook', draw=True, interval=1))
+custom_hooks = [dict(type='PredictionPicturesHook')]  # prints the folder of those pictures at the end
 env_cfg = dict(cudnn_benchmark=False)

@@ -53,7 +53,7 @@ def parse_test_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file (loaded safely: no code in it runs)')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
-    parser.add_argument('--show-dir', help='save pictures of the predictions (mmdet: WORK_DIR/TIMESTAMP/SHOW_DIR)')
+    parser.add_argument('--show-dir', help='save pictures of the predictions in WORK_DIR/TIMESTAMP/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown picture stays up')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (needs tta_model/tta_pipeline)')
     _common_args(parser)
@@ -90,7 +90,7 @@ def _apply_train_options(cfg, args) -> None:
         if wrapper == 'AmpOptimWrapper':
             print('[mmmv] AMP is already enabled in the config')
         elif wrapper != 'OptimWrapper':
-            raise ValueError(f'--amp needs optim_wrapper.type "OptimWrapper" or "AmpOptimWrapper", got {wrapper!r}')
+            raise SetupError(f'--amp needs optim_wrapper.type "OptimWrapper" or "AmpOptimWrapper", got {wrapper!r}')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -100,7 +100,7 @@ def _apply_train_options(cfg, args) -> None:
             cfg.optim_wrapper.pop(key, None)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the config')
+            raise SetupError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume = True
@@ -119,7 +119,7 @@ def _apply_show_options(cfg, args) -> None:
     (mmmv/engine/picture_hook.py); the toolbox's hook then draws nothing more, unless it also shows."""
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
-        raise ValueError('--show/--show-dir need a "visualization" entry in default_hooks (the toolbox\'s '
+        raise SetupError('--show/--show-dir need a "visualization" entry in default_hooks (the toolbox\'s '
                          'default_runtime.py has one)')
     hook = hooks.visualization
     scope = cfg.default_scope
@@ -135,7 +135,7 @@ def _apply_show_options(cfg, args) -> None:
 
 def _apply_tta(cfg) -> None:
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+        raise SetupError('--tta needs tta_model and tta_pipeline in the config')
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
     for loader in ('test_dataloader',):
@@ -147,7 +147,7 @@ def _apply_tta(cfg) -> None:
 
 def _dump_metric(scope: str, out: str):
     if not out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must end with .pkl or .pickle, got {out!r}')
+        raise SetupError(f'--out must end with .pkl or .pickle, got {out!r}')
     if scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         return DumpDetResults(out_file_path=out)
@@ -166,7 +166,7 @@ def _setup_cpu_distributed(cfg) -> None:
     if cfg.launcher == 'none' or torch.cuda.is_available():
         return
     if cfg.launcher != 'pytorch':
-        raise ValueError(f'--launcher {cfg.launcher} needs CUDA; on CPU use --launcher pytorch (tools/dist_train.sh)')
+        raise SetupError(f'--launcher {cfg.launcher} needs CUDA; on CPU use --launcher pytorch (tools/dist_train.sh)')
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel', broadcast_buffers=False,
                                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
