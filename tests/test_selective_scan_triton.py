@@ -141,6 +141,35 @@ def test_custom_op_registration():
                           test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
 
 
+@pytest.mark.parametrize('layout', ['contiguous', 'token-major'])
+def test_fake_implementations_give_the_real_strides(layout):
+    """torch.compile plans its buffers from the fake implementations: their outputs must have the real outputs'
+    shapes and strides, for both ops, plain and fused 2D, whatever the inputs' layouts (VM-UNet's delta and u come
+    token-major from its projections; a contiguous-only fake made compiled VM-UNet training fail)."""
+    from test_cross_scan import make_inputs as make_cross_inputs
+
+    def arrange(t):
+        if t is None or layout == 'contiguous' or t.dim() < 3:
+            return t
+        return t.detach().movedim(-1, 1).contiguous().movedim(1, -1)  # same values, token-major memory
+
+    plain = {n: arrange(t) for n, t in make_inputs(length=9, device=DEVICE).items()}
+    cross = {n: arrange(None if t is None else t.detach().to(DEVICE))
+             for n, t in make_cross_inputs(3, 4, batch=1, inner=2, state=4).items()}
+    cases = [((*(plain[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')), True, True, 4, 2, 0)),
+             ((*(cross[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D')), None, cross['delta_bias'], True, False, 4, 2,
+               3))]
+    for args in cases:
+        fwd_args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(torch.ops.mmmv.selective_scan_fwd.default, fwd_args, test_utils=('test_faketensor', ))
+        y, last, states = torch.ops.mmmv.selective_scan_fwd(*fwd_args)
+        u, delta, A, B, C, D, z, bias, softplus, _, chunk, splits, height = fwd_args
+        dout = arrange(torch.randn_like(y))
+        dlast = torch.randn_like(last) if last.numel() else None
+        bwd_args = (dout, dlast, u, delta, A, B, C, D, z, bias, states, softplus, chunk, splits, height)
+        torch.library.opcheck(torch.ops.mmmv.selective_scan_bwd.default, bwd_args, test_utils=('test_faketensor', ))
+
+
 def test_torch_compile_keeps_one_graph():
     inputs = make_inputs(length=12, device=DEVICE)
 

@@ -165,14 +165,19 @@ def _channel_buffer(like: torch.Tensor, shape: Tuple[int, int, int], dtype: torc
 
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
-                 chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0):
+                 chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0,
+                 launch: bool = True):
     """Launch the forward. Returns y (u's dtype), last state (batch, D, N) float32 (empty unless asked for) and
     the chunk-entry states (batch, n_chunks, D, N) float32 that the backward needs.
 
     With ``height`` > 0, a four-direction scan of an H x (L / H) map (`cross_selective_scan_triton`): u is
     (batch, Di, L), delta (batch, 4, Di, L), B and C (batch, 4, N, L), all raster order; y is the sum of the
-    four directions' outputs, (batch, Di, L), summed in float32."""
-    _check_runnable(u)
+    four directions' outputs, (batch, Di, L), summed in float32.
+
+    With ``launch=False`` nothing runs: the outputs are allocated and reduced as the launch would (the fake
+    implementation of the custom op, so that its outputs have the real ones' shapes *and strides*)."""
+    if launch:
+        _check_runnable(u)
     B, C = _grouped(B), _grouped(C)
     batch, inner, length = u.shape
     dim = _scanned_channels(u, height)
@@ -191,7 +196,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
     flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
     carry_h = carry_dt = u
-    if cfg.fwd_splits > 1:
+    if cfg.fwd_splits > 1 and launch:
         carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, cfg.fwd_splits, dim), device=u.device, dtype=torch.float32)
         kernels._fwd_carry_kernel[grid](
@@ -199,25 +204,28 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
             state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
-    kernels._fwd_kernel[grid](
-        u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
-        y, states, last, carry_h, carry_dt,
-        length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
-        cfg.fwd_splits, state, height,
-        *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
+    if launch:
+        kernels._fwd_kernel[grid](
+            u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
+            y, states, last, carry_h, carry_dt,
+            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
+            cfg.fwd_splits, state, height,
+            *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
     if height:
         y = y.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
     return y, last, states
 
 
 def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
-                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0):
+                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0,
+                  launch: bool = True):
     """Launch the backward. Returns du, ddelta, dA, dB, dC, dD, dz, d delta_bias in their inputs' dtypes and
     shapes; the gradients of absent optional inputs are empty tensors. With ``height`` > 0 (see `scan_forward`),
-    du sums the four directions' shares, in float32."""
-    _check_runnable(u)
+    du sums the four directions' shares, in float32. ``launch=False``: as in `scan_forward`."""
+    if launch:
+        _check_runnable(u)
     B_shape, C_shape = B.shape, C.shape
     B, C = _grouped(B), _grouped(C)
     batch, inner, length = u.shape
@@ -255,7 +263,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     bwd_flags = dict(flags, BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
     z_or_u = _optional(z, u)
     carry_g = carry_dt = u
-    if splits > 1:
+    if splits > 1 and launch:
         carry_g = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
         tiles_per_group = math.ceil(group_channels / cfg.block_d)
@@ -266,16 +274,17 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
             *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
-    kernels._bwd_kernel[(batch, programs, splits)](
-        u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
-        carry_g, carry_dt,
-        du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
-        length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
-        cfg.bwd_chunks_per_split, splits, state, height,
-        *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
-        *du.stride(), *ddelta_strides, *dz_or_u.stride(), dB_part.stride(2), dB_part.stride(3),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
+    if launch:
+        kernels._bwd_kernel[(batch, programs, splits)](
+            u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
+            carry_g, carry_dt,
+            du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
+            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
+            cfg.bwd_chunks_per_split, splits, state, height,
+            *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
+            *du.stride(), *ddelta_strides, *dz_or_u.stride(), dB_part.stride(2), dB_part.stride(3),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
 
     def per_group_sum(part: torch.Tensor, groups: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         summed = part.view(batch, groups, programs // groups, state, length).sum(2)
@@ -305,13 +314,8 @@ def selective_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits, height):
-    batch, _, length = u.shape
-    dim = _scanned_channels(u, height)
-    state = A.shape[1]
-    cfg = _config_for(u, _grouped(B), _grouped(C), chunk_size, n_splits, height)
-    y = u.new_empty(u.shape)
-    last = u.new_empty((batch, dim, state) if return_last_state else (0, ), dtype=torch.float32)
-    return y, last, u.new_empty((batch, cfg.n_chunks, dim, state), dtype=torch.float32)
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits,
+                        height, launch=False)
 
 
 @torch.library.custom_op('mmmv::selective_scan_bwd', mutates_args=())
@@ -326,10 +330,8 @@ def selective_scan_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: tor
 
 @selective_scan_bwd.register_fake
 def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits, height):
-    def like(t):
-        return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-
-    return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+    return list(scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
+                              n_splits, height, launch=False))
 
 
 _FORWARD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
