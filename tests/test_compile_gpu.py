@@ -1,0 +1,77 @@
+"""torch.compile of a training step of every model family on the GPU (inductor, the Triton scan inside the graph):
+MambaVision-T, VSSEncoder and the whole VM-UNet, with the fused and the unfused 2D scan, in float32 and under bfloat16
+autocast. The compiled loss and gradients must equal eager's. Needs CUDA; skipped elsewhere."""
+import importlib
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='compiled training is checked on a CUDA GPU')
+pytest.importorskip('triton')
+
+from mmmv.models import MambaVision, VSSEncoder  # noqa: E402
+
+cross_scan = importlib.import_module('mmmv.ops.cross_scan')  # the module (mmmv.ops.cross_scan is also a function)
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def vmunet():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_vmunet', osp.join(REPO, 'tools', 'analysis', 'benchmark_vmunet.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VMUNet(num_classes=1)
+
+
+MODELS = {
+    'MambaVision-T': (lambda: MambaVision('T', out_indices=(0, 1, 2, 3)), 224),
+    'VSSEncoder': (lambda: VSSEncoder('vmunet'), 256),
+    'VM-UNet': (vmunet, 256),
+}
+
+
+def loss_and_grads(model, images, dtype):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=dtype, enabled=dtype is not None):
+        outputs = model(images)
+    loss = sum(out.float().square().mean() for out in outputs)
+    loss.backward()
+    return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def relative_errors(grads, reference):
+    return [((g.double() - r).norm() / r.norm().clamp_min(1e-30)).item() for g, r in zip(grads, reference)]
+
+
+@pytest.mark.parametrize('dtype', [None, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'unfused'])
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, request):
+    """The compiled step's loss and gradients are as close to the float64 step's as eager's are (inductor reorders
+    sums and picks its own attention kernels, so compiled and eager float32 differ by rounding, not more)."""
+    if name == 'MambaVision-T' and not fused:
+        pytest.skip('MambaVision has no 2D scan')
+    if name == 'MambaVision-T' and dtype is torch.bfloat16:
+        # measured on an H200 (torch 2.11, triton 3.6): one compiled gradient 1.6 relative error vs float64, eager's
+        # worst 3.1e-2; open in issue 11. strict: this test fails once it is fixed, so that the mark goes.
+        request.applymarker(pytest.mark.xfail(strict=True, reason='compiled bf16 MambaVision-T gradient (issue 11)'))
+    monkeypatch.setattr(cross_scan, 'FUSED_BY_DEFAULT', fused)
+    torch.manual_seed(0)
+    build, size = MODELS[name]
+    model = build().cuda().eval()  # eval: no drop path, so every run sees the same network
+    images = torch.randn(2, 3, size, size, device='cuda')
+    loss64, grads64 = loss_and_grads(model.double(), images.double(), None)  # float64: the torch scan backend
+    model.float()
+    loss, grads = loss_and_grads(model, images, dtype)
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    for _ in range(2):  # the second call runs the cached graphs
+        loss_c, grads_c = loss_and_grads(compiled, images, dtype)
+    assert len(grads_c) == len(grads) == len(grads64)
+    floor = 1e-5 if dtype is None else 1e-2
+    assert abs(loss_c.double() - loss64) <= 2 * abs(loss.double() - loss64) + floor * loss64.abs()
+    eager, compiled_errors = max(relative_errors(grads, grads64)), max(relative_errors(grads_c, grads64))
+    assert compiled_errors <= 2 * eager + floor, (f'worst relative gradient error vs float64: compiled '
+                                                  f'{compiled_errors:.2e}, eager {eager:.2e}')
