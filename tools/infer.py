@@ -189,11 +189,13 @@ def segmentor(model, cfg, names, args) -> Predictor:
 
 
 def classifier(model, cfg, names, args) -> Predictor:
+    import mmpretrain.utils.progress as mmpretrain_progress
     from mmpretrain.apis import ImageClassificationInferencer
 
     from mmmv.visualization import class_name, draw_classification
     model._config = cfg  # what mmpretrain's get_model() sets, and its inferencer reads the test pipeline from
     inferencer = ImageClassificationInferencer(model, pretrained=False)
+    mmpretrain_progress.disable_progress_bar = True  # one image per call: its bar would only garble our lines
 
     def predict(image):
         scores = inferencer(image)[0]['pred_scores']
