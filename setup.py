@@ -21,7 +21,9 @@ EXTRAS = {
     'seg': ['mmengine>=0.10.3,<1.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex', 'h5py'],
     'cls': ['mmengine>=0.10.3,<1.0', 'mmpretrain==1.2.0'],
     'triton': ['triton>=3.0'],
-    'dev': ['pytest>=7', 'pytest-timeout', 'safetensors', 'h5py'],
+    # ONNX export and its check in onnxruntime (tools/deployment/pytorch2onnx.py, docs/deployment.md)
+    'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
+    'dev': ['pytest>=7', 'pytest-timeout', 'safetensors', 'h5py', 'onnx', 'onnxruntime', 'onnxscript'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

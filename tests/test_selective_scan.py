@@ -333,7 +333,7 @@ def test_argument_errors(name, value, error, match):
 
 def test_backend_errors():
     inputs = make_inputs(length=5)
-    with pytest.raises(ValueError, match=r"unknown backend 'cuda'.*valid names: 'torch', 'triton', 'auto'"):
+    with pytest.raises(ValueError, match=r"unknown backend 'cuda'.*valid names: 'torch', 'triton', 'export', 'auto'"):
         selective_scan(**inputs, backend='cuda')
     with pytest.raises(TypeError, match='backend must be a string'):
         selective_scan(**inputs, backend=1)

@@ -15,6 +15,11 @@ TOOLBOXES = ('mmdet', 'mmseg', 'mmpretrain')
 PACKAGES = {'mmdet': 'mmdet==3.3.0', 'mmseg': 'mmsegmentation==1.2.2', 'mmpretrain': 'mmpretrain==1.2.0'}
 
 
+DETECTION_SHAPE = (800, 1280)  # H x W of mmdet's get_flops
+SEGMENTATION_SHAPE = (512, 512)
+CLASSIFICATION_SIZE = 224
+
+
 class SetupError(RuntimeError):
     """Something about the installation, the config or the files it names that the user must fix; one line."""
 
@@ -96,6 +101,31 @@ def load_weights(model, checkpoint: str, *, strict: bool = True) -> dict:
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=strict,
                              revise_keys=[(r'^module\.', '')])
     return loaded.get('meta', {}) if isinstance(loaded, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def _pair(size) -> tuple:
+    """An mmcv/mmseg size (int, or (H, W)) as (H, W)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _classification_crop(cfg):
+    dataloader = cfg.get('test_dataloader') or {}
+    pipeline = cfg.get('test_pipeline') or dataloader.get('dataset', {}).get('pipeline', [])
+    for transform in pipeline:
+        if transform.get('type') == 'CenterCrop':
+            return _pair(transform['crop_size'])
+    return None
+
+
+def default_shape(cfg, scope: str) -> tuple:
+    """(H, W) of the input when --shape is not given."""
+    if scope == 'mmdet':
+        return DETECTION_SHAPE
+    if scope == 'mmseg':
+        size = cfg.get('crop_size') or cfg.model.get('data_preprocessor', {}).get('size')
+        return _pair(size) if size else SEGMENTATION_SHAPE
+    return _classification_crop(cfg) or _pair(CLASSIFICATION_SIZE)
 
 
 def run_tool(main: Callable[[], int]) -> int:

@@ -259,6 +259,11 @@ def attention_block_indices(depth: int) -> range:
     return range(depth // 2 + 1, depth) if depth % 2 else range(depth // 2, depth)
 
 
+def round_up(size: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least `size` (also for symbolic sizes)."""
+    return (size + multiple - 1) // multiple * multiple
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, C, H, W) with H, W multiples of ``window`` -> (B * num_windows, window * window, C), raster order."""
     batch, channels, height, width = x.shape
@@ -325,11 +330,13 @@ class MambaVisionStage(nn.Module):
         else:
             height, width = x.shape[-2:]
             window = self.window_size
-            pad_r, pad_b = (-width) % window, (-height) % window
+            # Rounded up as whole windows, not padded by (-size) % window: the same numbers, but under torch.export
+            # with symbolic H, W the window shapes below stay simple products (several times faster to export).
+            padded_h, padded_w = round_up(height, window), round_up(width, window)
             # Padded tokens are not masked: they enter the norms, the attention keys and the scan, as officially.
-            x = F.pad(x, (0, pad_r, 0, pad_b))
+            x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
             x = self._run_blocks(window_partition(x, window))
-            x = window_reverse(x, window, height + pad_b, width + pad_r)[:, :, :height, :width]
+            x = window_reverse(x, window, padded_h, padded_w)[:, :, :height, :width]
         return x, (self.downsample(x) if self.downsample is not None else None)
 
 

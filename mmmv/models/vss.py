@@ -27,7 +27,7 @@ from ..ops import cross_selective_scan
 from ..ops.selective_scan import scan_backend as use_scan_backend
 from ..ops.selective_scan.interface import check_backend_name
 from .backbone_base import StagedBackbone, normalise_indices
-from .mambavision import DropPath, inverse_softplus_dt
+from .mambavision import DropPath, inverse_softplus_dt, round_up
 
 # SS2D hyper-parameters of every released v0 model (VMamba-T/S/B v0 and VM-UNet).
 SS2D_D_STATE = 16
@@ -48,8 +48,10 @@ OUT_TYPES = ('output', 'unet')
 def pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torch.Tensor:
     """Zero-pad the bottom and right of a map so that H and W are multiples of ``multiple`` (a no-op if they are)."""
     height, width = (x.shape[1:3] if channels_last else x.shape[2:4])
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not (pad_h or pad_w):
+    # round_up, not (-size) % multiple: the same numbers, simpler shapes under torch.export with symbolic H, W;
+    # symbolic sizes always pad (a branch would fix the exported graph to one case)
+    pad_h, pad_w = round_up(height, multiple) - height, round_up(width, multiple) - width
+    if isinstance(pad_h, int) and isinstance(pad_w, int) and not (pad_h or pad_w):
         return x
     return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
 

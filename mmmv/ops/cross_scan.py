@@ -16,8 +16,9 @@ projecting the raster map and then permuting (what callers of `cross_selective_s
 first and projecting after.
 
 Paths of `cross_selective_scan`:
-    unfused  build the four permuted copies with index gathers (one cached index per (H, W, device)), run
-             `selective_scan` over 4 * Di channels, then `cross_merge`. Works on every scan backend.
+    unfused  build the four permuted copies with index gathers (one cached index per (H, W, device); computed in
+             the graph under torch.export, where H and W may be symbolic), run `selective_scan` over 4 * Di
+             channels, then `cross_merge`. Works on every scan backend, 'export' included.
     fused    ``cross_selective_scan_triton`` in ``selective_scan/triton_backend.py`` runs the Triton scan kernels
              with the four directions as channel groups: each kernel finds a direction's tokens in the raster
              inputs by index arithmetic, reads the shared u in place, and writes the direction's output in raster
@@ -43,21 +44,35 @@ _PREFIX = 'cross_selective_scan: '
 # ----------------------------------------------------------------------------------------------------
 # Token orders.
 # ----------------------------------------------------------------------------------------------------
+def _token_orders(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`direction_indices`, uncached, from views of one arange: also for symbolic sizes (``torch.export``)."""
+    raster = torch.arange(height * width, device=device)
+    column_major = raster.view(height, width).t().flatten()  # k1's step t visits row t % H, column t // H
+    column_visit = raster.view(width, height).t().flatten()  # k1 visits raster position (r, c) at step c * H + r
+    order = torch.stack([raster, column_major, raster.flip(0), column_major.flip(0)])
+    # k2 and k3 run k0 and k1 backwards; (r, c) -> (H-1-r, W-1-c) maps k1's step s to L-1-s, so k3's inverse is a flip
+    inverse = torch.stack([raster, column_visit, raster.flip(0), column_visit.flip(0)])
+    return order, inverse
+
+
 @functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
 def direction_indices(height: int, width: int, device: torch.device = torch.device('cpu')
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The four token orders of an H x W map, as int64 tensors of shape (4, H*W) on `device`.
+    """The four token orders of an H x W map, as int64 tensors of shape (4, H*W) on `device`; cached.
 
     Returns:
         (order, inverse): ``order[k, t]`` is the raster position of the t-th token of direction k;
         ``inverse[k, p]`` is the step at which direction k visits raster position p.
     """
-    raster = torch.arange(height * width, device=device).view(height, width)
-    row_major = raster.flatten()
-    column_major = raster.t().flatten()
-    order = torch.stack([row_major, column_major, row_major.flip(0), column_major.flip(0)])
-    inverse = torch.argsort(order, dim=1)
-    return order, inverse
+    return _token_orders(height, width, device)
+
+
+def _indices(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`direction_indices`; while torch.export traces, computed in the graph instead (the sizes may be symbolic, and
+    a cached tensor would become a constant of the exported program)."""
+    if torch.compiler.is_exporting():
+        return _token_orders(height, width, device)
+    return direction_indices(height, width, device)
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -67,7 +82,7 @@ def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _check_map_size(height, width, length: int, where: str) -> None:
     for name, value in (('height', height), ('width', width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)) or value < 1:
             raise ValueError(f'{where}{name} must be a positive int, got {value!r}')
     if height * width != length:
         raise ValueError(f'{where}height * width = {height} * {width} = {height * width} does not match the '
@@ -91,7 +106,7 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f'cross_scan: x must have shape (batch, C, H, W), got {shape}')
     batch, channels, height, width = x.shape
-    order, _ = direction_indices(height, width, x.device)
+    order, _ = _indices(height, width, x.device)
     raster = x.reshape(batch, 1, channels, height * width).expand(batch, NUM_DIRECTIONS, channels, height * width)
     return _gather_tokens(raster, order)
 
@@ -110,7 +125,7 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f'cross_merge: y must have shape (batch, 4, C, H*W), got {shape}')
     _check_map_size(height, width, y.shape[3], 'cross_merge: ')
-    _, inverse = direction_indices(height, width, y.device)
+    _, inverse = _indices(height, width, y.device)
     return _gather_tokens(y, inverse).sum(1)
 
 
@@ -165,7 +180,7 @@ def cross_selective_scan(u: torch.Tensor,
 
 def _unfused(u, delta, A, B, C, D, delta_bias, delta_softplus, *, height, width, backend):
     batch, inner, length = u.shape
-    order, _ = direction_indices(height, width, u.device)
+    order, _ = _indices(height, width, u.device)
     us = _gather_tokens(u.unsqueeze(1).expand(batch, NUM_DIRECTIONS, inner, length), order)
     deltas = _gather_tokens(delta, order)
     y = selective_scan(

@@ -30,9 +30,6 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 from mmmv.analysis import count_complexity, format_table, giga, summary_row  # noqa: E402
 from mmmv.engine import toolbox  # noqa: E402
 
-DETECTION_SHAPE = (800, 1280)  # H x W of mmdet's get_flops
-SEGMENTATION_SHAPE = (512, 512)
-CLASSIFICATION_SIZE = 224
 IN_CHANNELS = 3
 
 # What the forward counts, and which of the model's children are also reported together, per toolbox.
@@ -58,33 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.shape is not None and len(args.shape) not in (1, 2):
         parser.error(f'--shape takes H and W (or one size), got {args.shape}')
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Input size
-# ---------------------------------------------------------------------------------------------------------------------
-def _pair(size) -> tuple:
-    """An mmcv/mmseg size (int, or (H, W)) as (H, W)."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _classification_crop(cfg):
-    dataloader = cfg.get('test_dataloader') or {}
-    pipeline = cfg.get('test_pipeline') or dataloader.get('dataset', {}).get('pipeline', [])
-    for transform in pipeline:
-        if transform.get('type') == 'CenterCrop':
-            return _pair(transform['crop_size'])
-    return None
-
-
-def default_shape(cfg, scope: str) -> tuple:
-    """(H, W) of the input when --shape is not given."""
-    if scope == 'mmdet':
-        return DETECTION_SHAPE
-    if scope == 'mmseg':
-        size = cfg.get('crop_size') or cfg.model.get('data_preprocessor', {}).get('size')
-        return _pair(size) if size else SEGMENTATION_SHAPE
-    return _classification_crop(cfg) or _pair(CLASSIFICATION_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -141,7 +111,7 @@ def main(argv=None) -> int:
     cfg = load_config(argparse.Namespace(config=args.config, cfg_options=args.cfg_options, launcher='none',
                                          work_dir=None))
     scope = cfg.default_scope
-    shape = (tuple(args.shape) * 2)[:2] if args.shape else default_shape(cfg, scope)
+    shape = (tuple(args.shape) * 2)[:2] if args.shape else toolbox.default_shape(cfg, scope)
     counted, parts = COUNTED[scope]
 
     model = build_model(cfg).to(args.device)
