@@ -121,15 +121,14 @@ def _config(tmp_path, base: str, model: dict):
 # In a subprocess: (the torchvision shim where mmpretrain needs it,) build CONFIG's model, move its weights off their
 # init, save them as CHECKPOINT, then run the tool with the remaining arguments.
 _SAVE_AND_EXPORT = '''
-import argparse, runpy, sys
+import runpy, sys
 import torch
 sys.path.insert(0, {helpers!r})
 import torchvision_shim
 torchvision_shim.install_if_needed()
 from mmmv.engine import cli, toolbox
 config, checkpoint = sys.argv[1:3]
-model = toolbox.build_model(cli.load_config(argparse.Namespace(config=config, cfg_options=None, launcher='none',
-                                                               work_dir=None)))
+model = toolbox.build_model(cli.load_tool_config(config))
 gen = torch.Generator().manual_seed(0)
 with torch.no_grad():
     for p in model.parameters():

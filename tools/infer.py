@@ -94,15 +94,14 @@ def load_model(args: argparse.Namespace):
     """The config, and its model with the checkpoint's weights on the device; the checkpoint's meta."""
     import torch
 
-    from mmmv.engine.cli import load_config
+    from mmmv.engine.cli import load_tool_config
     from mmmv.engine.toolbox import build_model, load_weights
     if not osp.isfile(args.checkpoint):
         raise SetupError(f'checkpoint {args.checkpoint!r} does not exist')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise SetupError(f'--device {device}: this torch sees no CUDA device; use --device cpu')
-    cfg = load_config(argparse.Namespace(config=args.config, cfg_options=args.cfg_options, launcher='none',
-                                         work_dir=None))
+    cfg = load_tool_config(args.config, args.cfg_options)
     model = build_model(cfg)
     try:
         meta = load_weights(model, args.checkpoint, strict=True)

@@ -84,6 +84,11 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
+def load_tool_config(config: str, cfg_options=None):
+    """`load_config` for the tools that run a model without a Runner (no launcher, no work dir)."""
+    return load_config(argparse.Namespace(config=config, cfg_options=cfg_options, launcher='none', work_dir=None))
+
+
 def _apply_train_options(cfg, args) -> None:
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')

@@ -107,9 +107,8 @@ def bind_forward(model: torch.nn.Module, scope: str, shape: tuple) -> list:
 # ---------------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mmmv.engine.cli import load_config
-    cfg = load_config(argparse.Namespace(config=args.config, cfg_options=args.cfg_options, launcher='none',
-                                         work_dir=None))
+    from mmmv.engine.cli import load_tool_config
+    cfg = load_tool_config(args.config, args.cfg_options)
     scope = cfg.default_scope
     shape = (tuple(args.shape) * 2)[:2] if args.shape else toolbox.default_shape(cfg, scope)
     counted, parts = COUNTED[scope]

@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from mmmv.engine import toolbox  # noqa: E402
+from mmmv.engine.cli import load_tool_config  # noqa: E402
 from mmmv.engine.toolbox import SetupError  # noqa: E402
 from mmmv.ops import scan_backend  # noqa: E402
 from mmmv.ops.selective_scan import export_backend  # noqa: E402
@@ -110,18 +111,6 @@ def check_packages() -> None:
         export_backend.scan_operator()
     except ValueError as error:  # a torch without the scan operator
         raise SetupError(str(error)) from None
-
-
-def read_config(args: argparse.Namespace):
-    from mmmv.engine.cli import load_config
-    try:
-        return load_config(argparse.Namespace(config=args.config, cfg_options=args.cfg_options, launcher='none',
-                                              work_dir=None))
-    except FileNotFoundError:
-        raise SetupError(f'config file {args.config!r} does not exist; give a config of configs/, e.g. '
-                         'configs/mambavision_t_in1k.py') from None
-    except ValueError as error:  # a config of no toolbox
-        raise SetupError(str(error).splitlines()[0]) from None
 
 
 class TensorForward(torch.nn.Module):
@@ -299,7 +288,7 @@ def verify(session, module: TensorForward, inputs: list) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_packages()
-    cfg = read_config(args)
+    cfg = load_tool_config(args.config, args.cfg_options)
     scope = cfg.default_scope
     module = build(cfg, scope, args)
     height, width = (tuple(args.shape) * 2)[:2] if args.shape else toolbox.default_shape(cfg, scope)
