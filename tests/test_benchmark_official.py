@@ -1,0 +1,71 @@
+"""tools/analysis/benchmark_official.py on the CPU: argument checks, the loss, the parity measure, and one tiny run of the
+official MambaVision (mmmv's torch scan standing in for mamba_ssm) against mmmv with its converted weights. The timed
+comparisons themselves are GPU measurements (docs/benchmarks.md)."""
+import importlib.util
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SCRIPT = osp.join(REPO, 'tools', 'analysis', 'benchmark_official.py')
+spec = importlib.util.spec_from_file_location('benchmark_official', SCRIPT)
+benchmark_official = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark_official)
+
+
+def test_arguments_are_checked():
+    args = benchmark_official.parse_args(['mambavision', '--archs', 'T,B', '--impls', 'mmmv,official'])
+    assert args.archs == ['T', 'B'] and args.impls == ['mmmv', 'official'] and args.dtypes == ['bfloat16']
+    args = benchmark_official.parse_args(['vmunet', '--official-vmunet', 'dir'])
+    assert args.dtypes == ['float32', 'bfloat16'] and args.works == ['train', 'infer']
+    for bad in (['mambavision', '--archs', 'X'], ['mambavision', '--impls', 'mmmv,fast'],
+                ['vmunet', '--official-vmunet', 'd', '--dtypes', 'int8'], ['vmunet'],
+                ['mambavision', '--steps', '0']):
+        with pytest.raises(SystemExit):
+            benchmark_official.parse_args(bad)
+
+
+def test_bce_dice_loss_is_vmunets():
+    prob = torch.tensor([[[[0.9, 0.2], [0.6, 0.1]]], [[[0.3, 0.3], [0.8, 0.7]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 1.0], [1.0, 0.0]]]])
+    bce = -(target * prob.log() + (1 - target) * (1 - prob).log()).mean()
+    dice = [(2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1) for p, t in zip(prob, target)]
+    expected = bce + 1 - sum(dice) / 2
+    torch.testing.assert_close(benchmark_official.bce_dice_loss(prob, target), expected)
+
+
+def test_relative_difference_sees_a_changed_weight():
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4)
+    assert benchmark_official.relative_difference(a, b, x) == 0
+    with torch.no_grad():
+        b.bias[0] += 0.5
+    assert benchmark_official.relative_difference(a, b, x) > 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec('mambavision') is None or importlib.util.find_spec('timm') is None,
+                    reason='the official model is not installed: pip install --no-deps mambavision==1.2.0 timm==1.0.15')
+def test_tiny_official_mambavision_run_and_report(tmp_path):
+    out = tmp_path / 'rows.json'
+    cmd = [sys.executable, SCRIPT, 'mambavision', '--device', 'cpu', '--standin-scan', '--archs', 'T', '--batch', '2',
+           '--size', '32', '--dtypes', 'float32', '--works', 'infer', '--impls', 'official,mmmv', '--steps', '1',
+           '--warmup', '0', '--out', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS='2'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    rows = {row['impl']: row for row in saved['rows']}
+    assert set(rows) == {'official', 'mmmv'} and all(row['median_ms'] > 0 for row in rows.values())
+    assert benchmark_official.STANDIN_NOTE in rows['official']['note']
+    difference = float(rows['official']['note'].rsplit(': ', 1)[1])
+    assert difference < 1e-5
+    report = subprocess.run([sys.executable, SCRIPT, 'report', str(out)], capture_output=True, text=True, cwd=REPO)
+    assert report.returncode == 0 and '| MambaVision-T | mmmv | infer | float32 | 2, 32 |' in report.stdout
