@@ -75,3 +75,42 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
     eager, compiled_errors = max(relative_errors(grads, grads64)), max(relative_errors(grads_c, grads64))
     assert compiled_errors <= 2 * eager + floor, (f'worst relative gradient error vs float64: compiled '
                                                   f'{compiled_errors:.2e}, eager {eager:.2e}')
+
+
+# Detection-like sizes: mmdet pads each batch to a multiple of 32, so consecutive iterations see different H, W.
+DETECTION_SIZES = [(800, 1216), (768, 1344), (832, 1088), (736, 1312)]
+
+
+@pytest.mark.parametrize('dynamic,most', [(True, 2), (None, 3)], ids=['dynamic', 'automatic'])
+def test_switch_compiles_a_few_times_over_detection_sizes(dynamic, most):
+    """MambaVision-T with compile=dict(dynamic=...) trained under float16 autocast with a GradScaler (what
+    AmpOptimWrapper does) at four detection sizes: a few graphs, not one per size (dynamic=True: one, plus one where
+    a stage's map stops or starts needing padding to its window; automatic: one static graph first), the Triton scan
+    inside. docs/compile.md."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    model = MambaVision('T', out_indices=(0, 1, 2, 3), compile=dict(dynamic=dynamic)).cuda().train()
+    scaler = torch.amp.GradScaler('cuda')
+    for size in DETECTION_SIZES:
+        with torch.autocast('cuda', dtype=torch.float16):
+            outputs = model(torch.randn(2, 3, *size, device='cuda'))
+        scaler.scale(sum(out.float().square().mean() for out in outputs)).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad(set_to_none=True)
+    assert counters['stats']['unique_graphs'] <= most, dict(counters['stats'])
+
+
+def test_train_script_with_amp_and_the_switch(tmp_path):
+    """tools/train.py --amp on the Mask R-CNN demo with model.backbone.compile=dict(dynamic=True): one epoch (its
+    batches padded to different sizes) trains and writes a checkpoint whose keys have no `_orig_mod.`."""
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'misc', 'make_demo_data.py'), '--root',
+                    osp.join(REPO, 'data', 'demo_coco')], check=True, cwd=REPO)
+    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), 'configs/demo/mask_rcnn_mambavision_t_demo.py',
+                    '--amp', '--work-dir', str(tmp_path), '--cfg-options', 'model.backbone.compile.dynamic=True',
+                    'train_cfg.max_epochs=1', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=1'],
+                   check=True, cwd=REPO, timeout=1800)
+    checkpoint = torch.load(osp.join(tmp_path, 'epoch_1.pth'), map_location='cpu', weights_only=False)
+    assert not any('_orig_mod' in key for key in checkpoint['state_dict'])

@@ -85,8 +85,29 @@ def load_config(args: argparse.Namespace):
 
 
 def load_tool_config(config: str, cfg_options=None):
-    """`load_config` for the tools that run a model without a Runner (no launcher, no work dir)."""
-    return load_config(argparse.Namespace(config=config, cfg_options=cfg_options, launcher='none', work_dir=None))
+    """`load_config` for the tools that run a model without a Runner (no launcher, no work dir), with the backbones'
+    ``compile`` option switched off: FLOPs counting and ONNX export trace the eager model themselves, and inference
+    on a few pictures would spend its time compiling (docs/compile.md)."""
+    cfg = load_config(argparse.Namespace(config=config, cfg_options=cfg_options, launcher='none', work_dir=None))
+    if switch_off_compile(cfg.get('model')):
+        print('[mmmv] the backbone compile option is off in this tool: it runs the model eagerly')
+    return cfg
+
+
+def switch_off_compile(model_cfg) -> bool:
+    """Set every ``compile`` entry of a model config (the mmmv backbones' option) to False; whether one was on."""
+    found = False
+    if isinstance(model_cfg, dict):
+        for key, value in model_cfg.items():
+            if key == 'compile' and value not in (None, False):
+                model_cfg[key] = False
+                found = True
+            else:
+                found = switch_off_compile(value) or found
+    elif isinstance(model_cfg, (list, tuple)):
+        for item in model_cfg:
+            found = switch_off_compile(item) or found
+    return found
 
 
 def _apply_train_options(cfg, args) -> None:

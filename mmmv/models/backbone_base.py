@@ -1,6 +1,6 @@
 """What mmmv's OpenMMLab backbones share: frozen stages, ``norm_eval``, the stages a narrowed backbone does not
-build, no-weight-decay names and the checking of ``out_indices``."""
-from typing import List, Sequence, Tuple, Union
+build, no-weight-decay names, the checking of ``out_indices`` and the ``compile`` option (docs/compile.md)."""
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
@@ -49,6 +49,16 @@ class StagedBackbone(nn.Module):
                     module.eval()
         return self
 
+    def _compile_in_place(self, compile: Union[bool, dict, None], owner: str) -> None:
+        """The ``compile`` option: ``nn.Module.compile`` with `compile_options`, so that the module stays itself
+        (state-dict keys, checkpoints, EMA copies and DDP wrapping unchanged) and only its calls are compiled."""
+        self.compile_options = compile_options(compile, owner)
+        if self.compile_options is None:
+            return
+        from ..ops.selective_scan.interface import untraced_torch_backend
+        untraced_torch_backend()  # built before tracing: the torch scan backend runs eagerly between graphs
+        self.compile(**self.compile_options)
+
     def no_weight_decay(self) -> set:
         """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
         return no_weight_decay_names(self)
@@ -71,3 +81,24 @@ def normalise_indices(indices: Union[int, Sequence[int]], num_stages: int, owner
     if len(set(result)) != len(result):
         raise ValueError(f'{owner}: out_indices {indices} name a stage twice')
     return tuple(sorted(result))
+
+
+# torch.compile's keyword arguments that the ``compile`` option passes on (``model`` is the backbone itself)
+COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options', 'disable')
+
+
+def compile_options(compile: Union[bool, dict, None], owner: str) -> Optional[dict]:
+    """``compile`` as ``torch.compile`` keyword arguments (True: torch's defaults), or None when off; a TypeError /
+    ValueError naming `owner` and the fix for anything else."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        unknown = sorted(set(compile) - set(COMPILE_KEYS))
+        if unknown:
+            raise ValueError(f'{owner}: unknown compile keys {unknown}; compile=dict(...) takes torch.compile\'s '
+                             f'arguments {list(COMPILE_KEYS)}, e.g. compile=dict(dynamic=True)')
+        return dict(compile)
+    raise TypeError(f'{owner}: compile must be True, False or a dict of torch.compile arguments '
+                    f'{list(COMPILE_KEYS)}, got {compile!r}; e.g. compile=True or compile=dict(dynamic=True)')

@@ -426,6 +426,10 @@ class MambaVision(StagedBackbone):
         scan_backend: selective-scan backend of the mixers: ``None`` (default: Triton for CUDA tensors when
             triton imports, else the torch backend; ``MMMV_SCAN_BACKEND`` may force one), ``'triton'``, ``'torch'``
             or ``'auto'``.
+        compile: compile the backbone in place with ``torch.compile`` (``nn.Module.compile``: state-dict keys and
+            checkpoints unchanged): ``True`` (torch's defaults), or a dict of torch.compile's arguments such as
+            ``dict(dynamic=True)`` for detection's changing input sizes; ``False`` (default) runs eagerly.
+            docs/compile.md.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.', strict=True)`` loads weights (mmmv or
             official layout) in :meth:`init_weights`; ``None`` uses the official random initialisation.
     """
@@ -445,6 +449,7 @@ class MambaVision(StagedBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  scan_backend: Optional[str] = None,
+                 compile: Union[bool, dict] = False,
                  init_cfg: Optional[dict] = None,
                  **unknown):
         if unknown:
@@ -492,6 +497,7 @@ class MambaVision(StagedBackbone):
         self.out_norm = out_norm
         self.apply(_init_weights)
         self._freeze_stages()
+        self._compile_in_place(compile, 'MambaVision')
 
     # -- properties of the feature protocol ---------------------------------------------------------------------------
     @property

@@ -346,6 +346,9 @@ class VSSEncoder(StagedBackbone):
         with_cp: gradient checkpointing per block.
         scan_backend: selective-scan backend: None (Triton for CUDA tensors when triton imports, else torch;
             ``MMMV_SCAN_BACKEND`` may force one), 'triton', 'torch' or 'auto'.
+        compile: compile the encoder in place with ``torch.compile`` (``nn.Module.compile``: state-dict keys and
+            checkpoints unchanged): True (torch's defaults) or a dict of torch.compile's arguments, e.g.
+            ``dict(dynamic=True)``; False (default) runs eagerly. docs/compile.md.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.', strict=True)``: converted mmmv
             weights, an official VMamba-v0 ImageNet checkpoint or a VM-UNet checkpoint (converted on the fly);
             None keeps the official random initialisation.
@@ -367,6 +370,7 @@ class VSSEncoder(StagedBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  scan_backend: Optional[str] = None,
+                 compile: Union[bool, dict] = False,
                  init_cfg: Optional[dict] = None):
         super().__init__()
         settings = resolve_arch(arch)
@@ -411,6 +415,7 @@ class VSSEncoder(StagedBackbone):
                 self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i], eps=LN_EPS))
         self.apply(init_vss_weights)
         self._freeze_stages()
+        self._compile_in_place(compile, 'VSSEncoder')
 
     # -- properties of the feature protocol ---------------------------------------------------------------------------
     @property

@@ -22,10 +22,21 @@ BACKEND_NAMES = ('torch', 'triton', 'export')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PREFIX = 'selective_scan: '
 _logger = logging.getLogger(__name__)
-_override = threading.local()
 
 
-_loaded: Dict[str, Callable] = {}  # the imported Triton backend, once imported
+class _Override(threading.local):
+    """Per thread, the stack of backends forced by `scan_backend` contexts. It exists in every thread from the
+    start: torch.compile guards on what a traced `scan_backend` reads, and a stack created by the first call made
+    the second call recompile."""
+
+    def __init__(self):
+        self.stack = []
+
+
+_override = _Override()
+
+
+_loaded: Dict[str, Callable] = {}  # the imported Triton backend and the untraced torch backend, once built
 
 
 def _triton_implementation() -> Callable:
@@ -38,6 +49,22 @@ def _triton_implementation() -> Callable:
     from .triton_backend import selective_scan_triton
     _loaded['triton'] = selective_scan_triton
     return selective_scan_triton
+
+
+def untraced_torch_backend() -> Callable:
+    """The torch backend wrapped in `torch.compiler.disable`: what a traced call (torch.compile) runs.
+
+    Dynamo cannot trace the torch backend: its backward writes into non-contiguous ``out=`` views (a graph break
+    that makes the whole autograd.Function run eagerly), and with symbolic sizes its Python plan of chunks
+    specialises or fails (tests/test_compile.py). So under torch.compile the scan runs eagerly between the compiled
+    graphs, one graph break per scan. The Triton backend is a custom op and stays inside the graph. Built on first
+    use (`torch.compiler.disable` imports torch._dynamo); the backbones' ``compile`` option builds it before
+    tracing, otherwise the first trace also breaks at its creation.
+    """
+    if 'torch_untraced' not in _loaded:
+        _loaded['torch_untraced'] = torch.compiler.disable(
+            selective_scan_torch, reason="mmmv's torch scan backend runs eagerly under torch.compile")
+    return _loaded['torch_untraced']
 
 
 # name -> a function returning the implementation, which has the signature of `selective_scan` minus `backend`
@@ -87,7 +114,7 @@ def set_scan_backend(backend: Optional[str]) -> None:
 
 def get_scan_backend() -> Optional[str]:
     """The backend forced by `scan_backend` / `set_scan_backend` in this thread, or None."""
-    stack = getattr(_override, 'stack', [])
+    stack = _override.stack
     return stack[-1] if stack else None
 
 
@@ -104,9 +131,7 @@ def scan_backend(backend: Optional[str]) -> Iterator[None]:
     if backend is None:
         yield
         return
-    stack = getattr(_override, 'stack', None)
-    if stack is None:
-        stack = _override.stack = []
+    stack = _override.stack
     stack.append(check_backend_name(backend, 'scan_backend'))
     try:
         yield
@@ -170,7 +195,10 @@ def selective_scan(
     name = resolve_backend(backend, u)
     if name == 'triton':
         triton_available()  # imports the backend outside torch.compile's tracing
-    implementation = BACKENDS[name]()
+    if name == 'torch' and torch.compiler.is_compiling():
+        implementation = untraced_torch_backend()
+    else:
+        implementation = BACKENDS[name]()
     return implementation(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state)
 

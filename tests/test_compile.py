@@ -1,0 +1,161 @@
+"""The backbones' ``compile`` option on CPU (docs/compile.md): compiled in place (state-dict keys unchanged), forward
+and backward equal to eager in float32 and under bfloat16 autocast, new input sizes that do not recompile, short
+errors for bad values, and the Runner-less tools that switch it off.
+
+CPU runs use torch.compile's ``aot_eager`` backend: it traces exactly what inductor traces (dynamo's graphs, the guards
+that decide recompilation, the scan ops' fake implementations, AOT autograd's backward) but runs the traced aten ops
+instead of generating C++, which takes minutes per model on 2 cores. Inductor runs in tests/test_compile_gpu.py."""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from mmmv.models import MambaVision, VSSEncoder
+from mmmv.models.backbone_base import COMPILE_KEYS
+
+AOT = dict(backend='aot_eager')
+MV_ARCH = dict(depths=(1, 1, 2, 1), dim=8, in_dim=8, num_heads=(1, 1, 2, 2), window_size=(2, 2, 2, 1))
+VSS_ARCH = dict(depths=(1, 1, 1, 1), embed_dim=8)
+BUILDERS = {
+    # out_indices (0, 1, 2): stride 16 at most, so that 32-pixel inputs still give maps of 2 or more
+    'MambaVision': lambda **kw: MambaVision(MV_ARCH, out_indices=(0, 1, 2), **kw),
+    'VSSEncoder': lambda **kw: VSSEncoder(VSS_ARCH, out_indices=(0, 1, 2), **kw),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def twins(name, **kwargs):
+    """An eager backbone and a compiled one with the same weights (eval: no drop path)."""
+    torch.manual_seed(0)
+    eager = BUILDERS[name](**kwargs).eval()
+    compiled = BUILDERS[name](compile=AOT, **kwargs).eval()
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
+def step(model, images, autocast):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        outputs = model(images)
+    sum(out.float().square().mean() for out in outputs).backward()
+    return [o.detach().float() for o in outputs], [p.grad for p in model.parameters()]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_compiles_in_place(name):
+    """The backbone is compiled, not wrapped: same class, same state-dict keys (no ``_orig_mod.``), so checkpoints,
+    converters, EMA copies and ``init_cfg`` loading see the eager module."""
+    eager, compiled = twins(name)
+    assert type(compiled) is type(eager) and compiled._compiled_call_impl is not None
+    assert eager._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert not any('_orig_mod' in key for key in compiled.state_dict())
+    assert compiled.compile_options == AOT
+
+
+def test_registry_and_cfg_options_spelling():
+    """`--cfg-options model.backbone.compile=True` reaches the backbone as the bool True; a ConfigDict works too."""
+    from mmengine.config import ConfigDict
+    from mmengine.registry import MODELS
+    import mmmv  # noqa: F401  (registers the backbones)
+    model = MODELS.build(dict(type='VSSEncoder', arch=VSS_ARCH, compile=True))
+    assert model.compile_options == {} and model._compiled_call_impl is not None
+    model = MODELS.build(dict(type='MambaVision', arch=MV_ARCH, compile=ConfigDict(dynamic=True, backend='eager')))
+    assert model.compile_options == dict(dynamic=True, backend='eager')
+
+
+@pytest.mark.parametrize('value,error,words', [
+    ('yes', TypeError, ["got 'yes'", 'compile=True']),
+    (1, TypeError, ['got 1', 'compile=True']),
+    (dict(dynamc=True), ValueError, ["['dynamc']", 'dynamic']),
+])
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_bad_values_fail_with_the_fix(name, value, error, words):
+    with pytest.raises(error) as info:
+        BUILDERS[name](compile=value)
+    message = str(info.value)
+    assert message.startswith(f'{name}: ') and all(word in message for word in words), message
+
+
+def test_compile_keys_are_torch_compile_arguments():
+    import inspect
+    assert set(COMPILE_KEYS) <= set(inspect.signature(torch.compile).parameters)
+
+
+# float32: aot_eager runs the same aten ops as eager, but AOT autograd decomposes some backward formulas (LayerNorm,
+# BatchNorm, GELU) and sums in another order: differences of float32 rounding, measured <= 5e-6 relative; under
+# bfloat16 autocast each rounding to bfloat16 (relative 2**-8 = 3.9e-3) may land differently: measured <= 2e-3.
+TOLERANCE = {False: 1e-4, True: 3e-2}
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16-autocast'])
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_compiled_equals_eager_on_the_torch_backend(name, autocast):
+    """Forward and backward of the compiled backbone equal eager's. On the torch scan backend the scan runs eagerly
+    between the compiled graphs (interface.untraced_torch_backend): without that, tracing it failed."""
+    eager, compiled = twins(name, scan_backend='torch')
+    images = torch.randn(2, 3, 64, 96)
+    outputs, grads = step(eager, images, autocast)
+    outputs_c, grads_c = step(compiled, images, autocast)
+    assert counters['stats']['unique_graphs'] >= 1  # it did compile
+    assert len(grads_c) == len(grads) and all(g is not None for g in grads_c)
+    errors = [relative_error(a, b) for a, b in zip(outputs_c + grads_c, outputs + grads)]
+    assert max(errors) <= TOLERANCE[autocast], max(errors)
+
+
+@pytest.fixture
+def triton_on_cpu():
+    pytest.importorskip('triton')
+    from mmmv.ops.selective_scan import triton_backend
+    if not torch.cuda.is_available() and not triton_backend.interpreting():
+        pytest.skip('no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it)')
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+# Sizes as a detection batch changes them (multiples of 16 here, of 32 in mmdet), not square at first (dynamo would
+# guard H == W), giving every map and window count 2 or more (dynamo specialises sizes 0 and 1), with maps that need
+# no padding to the windows (padding or not is a guard: a second graph, see docs/compile.md) and in one band of
+# torch's CPU convolution heuristics (its CPU conv meta functions guard on the element count, e.g. 3 * H * W <= 20480,
+# and recompile once more past it; measured here, not on CUDA).
+SIZES = {'MambaVision': [(64, 96), (96, 64), (64, 64)]}
+
+
+# VSSEncoder on the fused Triton 2D scan takes over 8 minutes here in triton's interpreter: checked on the GPU only
+@pytest.mark.parametrize('name', ['MambaVision'])
+def test_new_input_sizes_do_not_recompile(name, triton_on_cpu):
+    """With dynamic=True one graph serves every size; with torch's default (automatic dynamic) the first change of
+    size recompiles once with symbolic sizes, and later sizes reuse it. The Triton scan is in the graph here (its
+    fake implementation is traced with symbolic lengths); forward only, in eval mode, to stay fast in the
+    interpreter."""
+    for dynamic, compiles in ((True, 1), (None, 2)):
+        torch._dynamo.reset()
+        counters.clear()
+        model = BUILDERS[name](scan_backend='triton', compile=dict(AOT, dynamic=dynamic)).eval().to(triton_on_cpu)
+        with torch.no_grad():
+            for size in SIZES[name]:
+                model(torch.randn(1, 3, *size, device=triton_on_cpu))
+        assert counters['stats']['unique_graphs'] == compiles, (dynamic, dict(counters['stats']))
+
+
+@pytest.mark.parametrize('config', ['configs/demo/vmunet_demo.py', 'configs/demo/mask_rcnn_mambavision_t_demo.py'])
+def test_runnerless_tools_switch_compile_off(config, capsys):
+    """get_flops, pytorch2onnx and infer read configs through load_tool_config: the backbone runs eagerly there
+    (FLOPs counting and ONNX export trace the model themselves; a few pictures would wait for the compile)."""
+    import os.path as osp
+    from mmmv.engine.cli import load_tool_config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = load_tool_config(osp.join(root, config), {'model.backbone.compile': True})
+    assert cfg.model.backbone.compile is False
+    assert 'compile option is off' in capsys.readouterr().out
+    cfg = load_tool_config(osp.join(root, config))
+    assert not cfg.model.backbone.get('compile') and 'compile option' not in capsys.readouterr().out
