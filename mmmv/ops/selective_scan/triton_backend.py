@@ -132,6 +132,14 @@ def _config_for(u, B, C, chunk_size, n_splits, height) -> LaunchConfig:
                          n_splits)
 
 
+def _fake_splits(n_splits: Optional[int], launch: bool) -> Optional[int]:
+    """The splits of a call: as asked, or one when nothing is launched (the fake implementations). The splits
+    change no output's shape or stride (only internal buffers), and choosing them compares the batch and the length
+    with the GPU's size: under torch.compile with symbolic sizes those comparisons would become guards, and a batch
+    or length crossing one would recompile."""
+    return n_splits if launch else 1
+
+
 def _check_runnable(u: torch.Tensor) -> None:
     if u.device.type == 'cuda' or (u.device.type == 'cpu' and interpreting()):
         return
@@ -182,7 +190,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     batch, inner, length = u.shape
     dim = _scanned_channels(u, height)
     state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, n_splits, height)
+    cfg = _config_for(u, B, C, chunk_size, _fake_splits(n_splits, launch), height)
     group_channels = _common_group_channels(dim, B, C)
     per_group = math.ceil(group_channels / cfg.block_d)
     u_strides = _grouped_strides(u, group_channels, shared=bool(height))
@@ -231,7 +239,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     batch, inner, length = u.shape
     dim = _scanned_channels(u, height)
     state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, n_splits, height)
+    cfg = _config_for(u, B, C, chunk_size, _fake_splits(n_splits, launch), height)
     if cfg.n_chunks != states.shape[1]:
         raise RuntimeError('selective_scan: the saved states do not match this launch configuration '
                            f'({states.shape[1]} chunks saved, {cfg.n_chunks} expected)')
