@@ -90,3 +90,28 @@ def test_derived_config_replaces_data_schedule_and_evaluation(tmp_path):
     assert cfg.custom_hooks == [dict(type='TrainBenchmarkHook', warmup=5)]
     # the recipe itself is untouched
     assert cfg.optim_wrapper.optimizer.lr == 5e-5 and cfg.model.backbone.window_size == (8, 8, 64, 32)
+
+
+def test_generated_imagenet_layout(tmp_path):
+    """mmpretrain configs: ImageNet layout, every listed file present with its class folder's label."""
+    overrides = benchmark_train.make_imagenet(str(tmp_path / 'in'), 5, 2)
+    assert overrides == dict(data_root=str(tmp_path / 'in'), ann_file='meta/train.txt', data_prefix='train')
+    lines = (tmp_path / 'in' / 'meta' / 'train.txt').read_text().split('\n')
+    entries = [line.split() for line in lines if line]
+    assert len(entries) == 5 and {label for _, label in entries} == {'0', '1'}
+    for name, label in entries:
+        image = np.array(__import__('PIL.Image', fromlist=['Image']).open(tmp_path / 'in' / 'train' / name))
+        assert image.shape == (*benchmark_train.IMAGENET_SIZE, 3)
+        assert name.startswith(f'n{int(label):08d}/')
+
+
+def test_derived_config_for_a_classifier(tmp_path):
+    path = tmp_path / 'bench.py'
+    config = osp.join(REPO, 'configs', 'mambavision_t_in1k.py')
+    benchmark_train.write_config(str(path), config, dict(data_root='/data/in', ann_file='meta/train.txt',
+                                                         data_prefix='train'), iters=30, warmup=5)
+    cfg = Config.fromfile(str(path))
+    dataset = cfg.train_dataloader.dataset
+    assert (dataset.type, dataset.data_root, dataset.ann_file, dataset.split) == ('ImageNet', '/data/in',
+                                                                                  'meta/train.txt', 'train')
+    assert cfg.default_scope == 'mmpretrain' and cfg.custom_hooks == [dict(type='TrainBenchmarkHook', warmup=5)]

@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from mmmv.models import MambaVision, VSSEncoder
-from mmmv.models.backbone_base import COMPILE_KEYS
+from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, inductor_workarounds
 
 AOT = dict(backend='aot_eager')
 MV_ARCH = dict(depths=(1, 1, 2, 1), dim=8, in_dim=8, num_heads=(1, 1, 2, 2), window_size=(2, 2, 2, 1))
@@ -90,6 +90,51 @@ def test_bad_values_fail_with_the_fix(name, value, error, words):
 def test_compile_keys_are_torch_compile_arguments():
     import inspect
     assert set(COMPILE_KEYS) <= set(inspect.signature(torch.compile).parameters)
+
+
+OFF = {COALESCING_OPTION: False}
+
+
+@pytest.mark.parametrize('kwargs,expected', [
+    (dict(dynamic=True), dict(dynamic=True, options=OFF)),
+    (dict(dynamic=True, options={'max_autotune': True}), dict(dynamic=True, options={'max_autotune': True, **OFF})),
+    (dict(dynamic=True, options={COALESCING_OPTION: True}), dict(dynamic=True, options={COALESCING_OPTION: True})),
+    (dict(dynamic=False), dict(dynamic=False)),
+    (dict(dynamic=True, backend='aot_eager'), dict(dynamic=True, backend='aot_eager')),
+    (dict(dynamic=True, disable=True), dict(dynamic=True, disable=True)),
+])
+def test_inductor_workaround_for_symbolic_sizes(kwargs, expected):
+    """Inductor's coalescing analysis asserts on symbolic sizes in torch < 2.12 (pytorch#181563; MambaVision-T with
+    dynamic=True on torch 2.11): the option turns it off for dynamic graphs, unless the user's options say otherwise
+    or inductor is not the backend."""
+    assert inductor_workarounds(kwargs) == expected
+
+
+def test_inductor_workaround_keeps_the_mode_as_options():
+    """torch.compile takes a mode or options, not both: a mode becomes the options it stands for, plus the
+    workaround, and torch.compile accepts the result."""
+    import torch._inductor
+    result = inductor_workarounds(dict(dynamic=True, mode='max-autotune-no-cudagraphs'))
+    assert 'mode' not in result
+    assert result['options'] == {**torch._inductor.list_mode_options('max-autotune-no-cudagraphs', True), **OFF}
+    torch.compile(torch.nn.Linear(2, 2), **result)  # no "either mode or options" error
+
+
+def test_automatic_dynamic_workaround_follows_the_torch_version(monkeypatch):
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.11.0+cu130'))
+    assert inductor_workarounds({}) == dict(options=OFF)
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.12.0'))
+    assert inductor_workarounds({}) == {}
+
+
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_backbone_compiles_with_the_workaround(name, monkeypatch):
+    """What the backbone hands to nn.Module.compile: the workaround applied; compile_options keeps what the user
+    wrote."""
+    seen = {}
+    monkeypatch.setattr(torch.nn.Module, 'compile', lambda self, **kwargs: seen.update(kwargs))
+    model = BUILDERS[name](compile=dict(dynamic=True))
+    assert seen == dict(dynamic=True, options=OFF) and model.compile_options == dict(dynamic=True)
 
 
 # float32: aot_eager runs the same aten ops as eager, but AOT autograd decomposes some backward formulas (LayerNorm,

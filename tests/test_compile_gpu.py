@@ -91,13 +91,19 @@ def test_switch_compiles_a_few_times_over_detection_sizes(dynamic, most):
     torch._dynamo.reset()
     counters.clear()
     model = MambaVision('T', out_indices=(0, 1, 2, 3), compile=dict(dynamic=dynamic)).cuda().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler('cuda')
     for size in DETECTION_SIZES:
         with torch.autocast('cuda', dtype=torch.float16):
             outputs = model(torch.randn(2, 3, *size, device='cuda'))
-        scaler.scale(sum(out.float().square().mean() for out in outputs)).backward()
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        model.zero_grad(set_to_none=True)
+        loss = sum(out.float().square().mean() for out in outputs)
+        assert torch.isfinite(loss)
+        # the scaled gradients may overflow at GradScaler's first scale (2 ** 16): it then skips the step and
+        # lowers the scale, as in training, so the gradients' finiteness is not asserted
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
     assert counters['stats']['unique_graphs'] <= most, dict(counters['stats'])
 
 

@@ -57,7 +57,7 @@ class StagedBackbone(nn.Module):
             return
         from ..ops.selective_scan.interface import untraced_torch_backend
         untraced_torch_backend()  # built before tracing: the torch scan backend runs eagerly between graphs
-        self.compile(**self.compile_options)
+        self.compile(**inductor_workarounds(self.compile_options))
 
     def no_weight_decay(self) -> set:
         """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
@@ -85,6 +85,35 @@ def normalise_indices(indices: Union[int, Sequence[int]], num_stages: int, owner
 
 # torch.compile's keyword arguments that the ``compile`` option passes on (``model`` is the backbone itself)
 COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options', 'disable')
+
+
+# torch < 2.12 (pytorch/pytorch#181563, fixed by #181793): inductor's coalescing analysis of tilings asserts on
+# graphs with symbolic sizes (AssertionError in tiling_utils.get_pw_red_splits); MambaVision-T training with
+# dynamic=True hit it on torch 2.11. The analysis does not apply to symbolic sizes (inductor's config says so), so
+# dynamic graphs lose nothing without it.
+COALESCING_OPTION = 'triton.coalesce_tiling_analysis'
+
+
+def inductor_workarounds(kwargs: dict) -> dict:
+    """`kwargs` for ``nn.Module.compile`` with inductor's coalescing analysis off where it can fail: always with
+    ``dynamic=True``, and with automatic dynamic shapes (``dynamic`` unset) on torch < 2.12. Left alone for other
+    backends, ``dynamic=False``, ``disable=True``, or when the options set it. A ``mode`` becomes its options
+    (torch.compile takes one of the two)."""
+    import torch
+    dynamic = kwargs.get('dynamic')
+    if kwargs.get('backend', 'inductor') != 'inductor' or kwargs.get('disable') or dynamic is False:
+        return kwargs
+    if dynamic is None and torch.__version__ >= '2.12':
+        return kwargs
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+    options = dict(kwargs.get('options') or {})
+    if COALESCING_OPTION in options or not hasattr(inductor_config.triton, COALESCING_OPTION.split('.')[1]):
+        return kwargs
+    if kwargs.get('mode') is not None:
+        options = {**torch._inductor.list_mode_options(kwargs['mode'], dynamic), **options}
+    options[COALESCING_OPTION] = False
+    return {**{k: v for k, v in kwargs.items() if k != 'mode'}, 'options': options}
 
 
 def compile_options(compile: Union[bool, dict, None], owner: str) -> Optional[dict]:

@@ -1,4 +1,5 @@
-"""Time a few dozen training iterations of a detection or segmentation config on generated data of its real size.
+"""Time a few dozen training iterations of a detection, segmentation or classification config on generated data of
+its real size.
 
     python tools/analysis/benchmark_train.py CONFIG [--gpus N] [--iters 40] [--warmup 10] [--amp]
                                                     [--resume-iters 10] [--work-dir DIR] [--cfg-options ...]
@@ -8,7 +9,8 @@ NCCL), with only its data and schedule replaced:
 
 - data: generated once under ``data/benchmark/`` in the config's own layout and at its real size: COCO-format
   1333 x 800 images with instance masks for mmdet configs, ADE20K-layout images (683 x 512, or 853 x 640 for 640 crops)
-  with 150-class label maps for mmseg configs. The config's training pipeline (multi-scale resize, crops, flips) runs
+  with 150-class label maps for mmseg configs, ImageNet-layout 500 x 375 JPEGs (``train/<class>/``, ``meta/train.txt``,
+  at least one batch of them) for mmpretrain configs. The config's training pipeline (multi-scale resize, crops, flips) runs
   on them unchanged, so the network sees inputs of the sizes it sees on COCO / ADE20K;
 - the backbone starts from its random initialisation (``init_cfg=None``): no checkpoint is needed;
 - schedule: ``--iters`` iterations (an iteration-based loop, the learning-rate warm-up kept, no validation), a
@@ -33,11 +35,12 @@ sys.path.insert(0, ROOT)
 
 DET_IMAGE_SIZE = (800, 1333)  # (H, W): COCO images are resized to this scale by the test pipeline
 ADE_NUM_CLASSES = 150
+IMAGENET_SIZE = (375, 500)  # (H, W): about the mean ImageNet image; RandomResizedCrop makes the 224 crops
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='an mmdet or mmseg config, e.g. configs/cascade_mask_rcnn_mambavision_t_3x_coco.py')
+    parser.add_argument('config', help='an mmdet, mmseg or mmpretrain config, e.g. configs/mask_rcnn_mambavision_t.py')
     parser.add_argument('--gpus', type=int, default=1, help='processes (GPUs) on this machine; > 1 uses dist_train.sh')
     parser.add_argument('--iters', type=int, default=40, help='training iterations of the first run')
     parser.add_argument('--warmup', type=int, default=10, help='iterations left out of the timing')
@@ -90,6 +93,28 @@ def make_ade(root: str, num_images: int, size: tuple) -> dict:
         cv2.imwrite(osp.join(img_dir, name + '.jpg'), np.clip(image, 0, 255).astype(np.uint8))
         cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
     return dict(data_root=root, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'))
+
+
+def make_imagenet(root: str, num_images: int, num_classes: int) -> dict:
+    """ImageNet layout (train/<class>/*.JPEG listed in meta/train.txt, as mmpretrain's ImageNet dataset reads it);
+    returns the dataset overrides."""
+    import cv2
+    height, width = IMAGENET_SIZE
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(num_images):
+        label = index % num_classes
+        name = f'n{label:08d}/bench_{index:05d}.JPEG'
+        path = osp.join(root, 'train', name)
+        if not osp.exists(path):
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            image = rng.integers(0, 256, (1, 1, 3)) + rng.normal(0, 40, (height, width, 3))
+            cv2.imwrite(path, np.clip(image, 0, 255).astype(np.uint8))
+        lines.append(f'{name} {label}')
+    os.makedirs(osp.join(root, 'meta'), exist_ok=True)
+    with open(osp.join(root, 'meta', 'train.txt'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return dict(data_root=root, ann_file='meta/train.txt', data_prefix='train')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,9 +196,14 @@ def main(argv=None) -> None:
         image_size = (crop[0], int(round(crop[1] * 4 / 3)))
         dataset = make_ade(osp.join(data_root, f'ade_{image_size[1]}x{image_size[0]}'), args.num_images, image_size)
         size_text = f'{image_size[1]} x {image_size[0]} images, {crop[1]} x {crop[0]} crops'
+    elif scope == 'mmpretrain':
+        classes = min(cfg.model.head.get('num_classes', 1000), 16)
+        count = max(args.num_images, cfg.train_dataloader.batch_size)  # full batches, as in training
+        dataset = make_imagenet(osp.join(data_root, 'imagenet_500x375'), count, classes)
+        size_text = f'{IMAGENET_SIZE[1]} x {IMAGENET_SIZE[0]} images, the training pipeline\'s crops'
     else:
-        sys.exit(f'benchmark_train: {args.config} is a {scope!r} config; detection (mmdet) and segmentation (mmseg) '
-                 'configs are supported')
+        sys.exit(f'benchmark_train: {args.config} is a {scope!r} config; detection (mmdet), segmentation (mmseg) '
+                 'and classification (mmpretrain) configs are supported')
     bench_config = osp.join(work_dir, f'benchmark_{name}.py')
     write_config(bench_config, args.config, dataset, args.iters, args.warmup)
 
