@@ -10,6 +10,13 @@ A program's channels always lie in one group of B and of C, which are therefore 
 channel. Inputs are read
 through their strides (views are not copied) and converted to float32; all math is float32.
 
+In the forward and backward kernels, inputs narrower than float32 (bfloat16, float16) are pinned after their
+conversion (`_pin`, NARROW): Triton's layout pass (3.6) otherwise moves the layout conversion that broadcasts a
+(token, channel) tile over the states above the conversion to float32 (it is cheaper on the narrow type), and with it
+the softplus and the products that follow, so that every state lane recomputed them: the sm_90 code of the bfloat16
+kernels had 1.7-1.9x the exponentials and 3-4x the FMAs of the float32 ones
+(tools/analysis/scan_kernel_resources.py). Triton 3.9 does not move it; the pin then changes nothing.
+
 Parallelism comes from the batch, the channels and, when those are too few (a detection input gives batch 2 and
 thousands of tokens), from splitting the sequence into `n_splits` spans. A split needs the state entering it; a
 cheap first pass (`_fwd_carry_kernel`) computes each span's end state from zero and its total decay without a scan,
@@ -34,14 +41,32 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _time_step(delta_ptrs, mask, bias, SOFTPLUS: tl.constexpr):
-    """dt = softplus(delta + bias) as float32, 0 outside `mask`; also delta + bias (softplus' argument).
-    Tiles are (BL, BD); `bias` is (BD,)."""
+def _pin(x, NARROW: tl.constexpr):
+    """x (a 2-D tile), unchanged. With NARROW, through a maximum over a pair of copies of itself: a reduction, which
+    Triton's layout pass does not move a layout conversion above, so what was computed before stays computed once per
+    element of the compact tile (see the module docstring). The pair's axis is put first so that the reduction's
+    layout does not become that of the (tokens, channels, states) tiles."""
+    if NARROW:
+        return tl.max(tl.permute(tl.join(x, x), (2, 0, 1)), axis=0)
+    else:
+        return x
+
+
+@triton.jit
+def _load_f32(ptrs, mask, NARROW: tl.constexpr):
+    """A (BL, BD) tile as float32, 0 outside `mask`, pinned when the input is narrower (`_pin`)."""
+    return _pin(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), NARROW)
+
+
+@triton.jit
+def _time_step(delta_ptrs, mask, bias, SOFTPLUS: tl.constexpr, NARROW: tl.constexpr):
+    """dt = softplus(delta + bias) as float32, 0 outside `mask` (pinned when narrow, `_pin`); also delta + bias
+    (softplus' argument). Tiles are (BL, BD); `bias` is (BD,)."""
     raw = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
     dt = raw
     if SOFTPLUS:
         dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
-    return tl.where(mask, dt, 0.0), raw
+    return _pin(tl.where(mask, dt, 0.0), NARROW), raw
 
 
 @triton.jit
@@ -74,7 +99,7 @@ def _fwd_kernel(
     s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an,
     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_CARRY: tl.constexpr, STORE_LAST: tl.constexpr, CROSS: tl.constexpr,
+    HAS_CARRY: tl.constexpr, STORE_LAST: tl.constexpr, CROSS: tl.constexpr, NARROW: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """y for BD channels (program pid1) of batch pid0 over split pid2; stores the chunk-entry states.
@@ -121,8 +146,8 @@ def _fwd_kernel(
         state_ptrs = states_ptr + ((pid_b * n_chunks + chunk) * channels + d[:, None]) * N + n[None, :]
         tl.store(state_ptrs, h, mask=mask_dn)
 
-        u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
+        u = _load_f32(u_cols + tok[:, None] * s_ul, mask, NARROW)
+        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS, NARROW)
         Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
         Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
         decay = tl.exp2(dt[:, :, None] * A[None, :, :])
@@ -133,8 +158,7 @@ def _fwd_kernel(
         if HAS_D:
             y += skip[None, :] * u
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
-                        other=0.0).to(tl.float32)
+            z = _load_f32(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask, NARROW)
             y = y * z * tl.sigmoid(z)
         tl.store(y_ptr + pid_b * s_yb + tok[:, None] * s_yl + d[None, :] * s_yd, y, mask=mask)
         # padded tokens have decay 1 and drive 0, so the last row is the state after the last real token
@@ -178,8 +202,8 @@ def _fwd_carry_kernel(
         tok = _tokens(pos, group, L, H, CROSS)
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
-        u = tl.load(u_cols + tok[:, None] * s_ul, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
+        u = _load_f32(u_cols + tok[:, None] * s_ul, mask, False)
+        dt, _ = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS, False)
         Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         after = tl.cumsum(dt, axis=0, reverse=True) - dt  # sum of the later time steps of the chunk
         total = tl.sum(dt, axis=0)
@@ -202,7 +226,7 @@ def _bwd_kernel(
     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_zb, s_zd, s_zl, s_ob, s_og, s_od, s_ol,
     s_gb, s_gd, s_gl, s_eb, s_eg, s_ed, s_el, s_wb, s_wd, s_wl, s_pn, s_pl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_CARRY: tl.constexpr, HAS_DLAST: tl.constexpr, CROSS: tl.constexpr,
+    HAS_CARRY: tl.constexpr, HAS_DLAST: tl.constexpr, CROSS: tl.constexpr, NARROW: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
 ):
     """Gradients for batch pid0, channel program pid1 and split pid2, walking the split's chunks from the end.
@@ -263,17 +287,17 @@ def _bwd_kernel(
             mask_l = pos < L
             mask = mask_l[:, None] & mask_d[None, :]
             mask_bc = mask_l[:, None] & mask_n[None, :]
-            u = tl.load(u_ptr + pid_b * s_ub + group * s_ug + tok[:, None] * s_ul + d_in[None, :] * s_ud,
-                        mask=mask, other=0.0).to(tl.float32)
+            u = _load_f32(u_ptr + pid_b * s_ub + group * s_ug + tok[:, None] * s_ul + d_in[None, :] * s_ud, mask,
+                          NARROW)
             delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
-            dt, raw = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS)
+            dt, raw = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS, NARROW)
             mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
             tok_next = _tokens(pos + 1, group, L, H, CROSS)
-            dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS)
+            dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS, NARROW)
             Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
             Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
-            dout = tl.load(dout_ptr + pid_b * s_ob + group * s_og + tok[:, None] * s_ol + d_in[None, :] * s_od,
-                           mask=mask, other=0.0).to(tl.float32)
+            dout = _load_f32(dout_ptr + pid_b * s_ob + group * s_og + tok[:, None] * s_ol + d_in[None, :] * s_od,
+                             mask, NARROW)
             h0 = tl.load(states_ptr + ((pid_b * n_chunks + chunk) * channels + d[:, None]) * N + n[None, :],
                          mask=mask_dn, other=0.0)
 
@@ -284,8 +308,7 @@ def _bwd_kernel(
             hs = acc_b + acc_a * h0[None, :, :]
             dy = dout
             if HAS_Z:
-                z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
-                            other=0.0).to(tl.float32)
+                z = _load_f32(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask, NARROW)
                 y = tl.sum(hs * Ct[:, None, :], axis=2)
                 if HAS_D:
                     y += skip[None, :] * u
@@ -377,12 +400,11 @@ def _bwd_carry_kernel(
         mask_l = pos < L
         mask = mask_l[:, None] & mask_d[None, :]
         mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
-        dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS)
+        dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS, False)
         Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        dy = tl.load(dout_cols + tok[:, None] * s_ol, mask=mask, other=0.0).to(tl.float32)
+        dy = _load_f32(dout_cols + tok[:, None] * s_ol, mask, False)
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask=mask,
-                        other=0.0).to(tl.float32)
+            z = _load_f32(z_ptr + pid_b * s_zb + tok[:, None] * s_zl + d[None, :] * s_zd, mask, False)
             dy = dy * z * tl.sigmoid(z)
         before = tl.cumsum(dt_next, axis=0) - dt_next  # sum_{first<k<=t} dt_k = sum_{first<=k<t} dt_next_k
         total = tl.sum(dt_next, axis=0)

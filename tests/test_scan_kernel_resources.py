@@ -1,0 +1,56 @@
+"""tools/analysis/scan_kernel_resources.py: the scan kernels compiled for sm_90 on this machine (Triton's own
+compiler and the ptxas of its wheel; no GPU). Also a guard on the bfloat16 kernels: they must not do more
+per-element work than the float32 ones (Triton 3.6's layout pass made every state lane recompute the softplus unless
+the narrow inputs are pinned; triton_kernels.py, `_pin`)."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip('triton')
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOL = osp.join(REPO, 'tools', 'analysis', 'scan_kernel_resources.py')
+
+
+def run_tool(*args):
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}  # compile, do not interpret
+    proc = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=900)
+    return proc
+
+
+@pytest.fixture(scope='module')
+def table():
+    proc = run_tool('--cases', 'mv-t-s4', '--dtypes', 'float32,bfloat16')
+    if proc.returncode != 0 and 'ptxas' in proc.stderr and 'not found' in proc.stderr:
+        pytest.skip('this triton has no bundled ptxas')  # e.g. a source build without the NVIDIA toolchain
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('| mv-t-s4')]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith('| case'))
+    names = [cell.strip() for cell in header.strip('|').split('|')]
+    return [dict(zip(names, (cell.strip() for cell in line.strip('|').split('|')))) for line in lines]
+
+
+def test_every_launched_kernel_is_reported(table):
+    # batch 128 gives enough programs: no sequence splits, so no carry kernels
+    assert sorted((row['dtype'], row['kernel']) for row in table) == [
+        ('bfloat16', 'bwd_kernel'), ('bfloat16', 'fwd_kernel'), ('float32', 'bwd_kernel'), ('float32', 'fwd_kernel')]
+    for row in table:
+        assert 0 < int(row['regs']) <= 255 and int(row['ex2']) > 0 and int(row['st.global']) > 0, row
+
+
+def test_bfloat16_kernels_do_no_more_work_than_float32(table):
+    rows = {(row['dtype'], row['kernel']): row for row in table}
+    for kernel in ('fwd_kernel', 'bwd_kernel'):
+        narrow, wide = rows['bfloat16', kernel], rows['float32', kernel]
+        for counted in ('ex2', 'fma'):
+            assert int(narrow[counted]) <= int(wide[counted]), (kernel, counted, narrow, wide)
+
+
+def test_bad_arguments_fail_with_the_valid_values():
+    proc = run_tool('--cases', 'mv-t-s9')
+    assert proc.returncode == 2 and "unknown cases ['mv-t-s9']" in proc.stderr and 'vss-s1' in proc.stderr
+    proc = run_tool('--dtypes', 'float64')
+    assert proc.returncode == 2 and "unknown dtype 'float64'" in proc.stderr
