@@ -54,3 +54,13 @@ def test_bad_arguments_fail_with_the_valid_values():
     assert proc.returncode == 2 and "unknown cases ['mv-t-s9']" in proc.stderr and 'vss-s1' in proc.stderr
     proc = run_tool('--dtypes', 'float64')
     assert proc.returncode == 2 and "unknown dtype 'float64'" in proc.stderr
+
+
+def test_fused_four_direction_scan():
+    """--fused: VM-UNet's fused 2D scan (CROSS kernels) of a VSS case; a case that is not four square maps fails."""
+    proc = run_tool('--cases', 'vss-s3', '--fused', '--dtypes', 'bfloat16')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith('| vss-s3 fused | bfloat16 |')]
+    assert {row.split('|')[3].strip() for row in rows} >= {'fwd_kernel', 'bwd_kernel'}
+    proc = run_tool('--cases', 'mv-t-s3-det', '--fused')  # L = 4200: not a square map
+    assert proc.returncode != 0 and '--fused needs a case of square maps' in proc.stderr

@@ -9,10 +9,15 @@ chunk iteration; loops are not unrolled), registers / stack / shared from the cu
 
     python tools/analysis/scan_kernel_resources.py                                   # the seven cases, fp32 + bf16
     python tools/analysis/scan_kernel_resources.py --cases vss-s1 --dtypes bfloat16 --dump DIR   # + ttgir/ptx
+    python tools/analysis/scan_kernel_resources.py --cases vss-s1,vss-s3 --fused   # VM-UNet's fused 2D scan
+
+--fused takes a VSS case's four directions as the fused four-direction scan of `cross_selective_scan` (batch / 4
+maps of sqrt(L) x sqrt(L) tokens, Di = D channels) instead of four sequences in the batch.
 
 Needs triton with its NVIDIA backend (the PyPI wheel: ptxas and cuobjdump are bundled); no GPU, no CUDA driver.
 """
 import argparse
+import math
 import os
 import os.path as osp
 import re
@@ -28,6 +33,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from benchmark_selective_scan import GPU_CASES  # noqa: E402
 
+DIRECTIONS = 4
 KERNELS = ('_fwd_kernel', '_fwd_carry_kernel', '_bwd_kernel', '_bwd_carry_kernel')
 POINTER_TYPES = {torch.float32: '*fp32', torch.bfloat16: '*bf16', torch.float16: '*fp16'}
 COUNTED = {'ex2': r'\bex2\.', 'fma': r'\bfma\.', 'cvt': r'\bcvt\.', 'shfl': r'\bshfl\.', 'bar': r'\bbar\.sync',
@@ -45,15 +51,26 @@ class _Capture:
         return lambda *args, **kwargs: self.launches.append((self.fn, grid, args, kwargs))
 
 
-def captured_launches(case, dtype: torch.dtype, sms: int) -> List[tuple]:
+def captured_launches(case, dtype: torch.dtype, sms: int, fused: bool = False) -> List[tuple]:
     """(kernel, grid, args, kwargs) of one forward + backward of `case` in `dtype` (u, delta, B, C; A, D and the
-    bias float32, softplus on, as the benchmark), as launched on a GPU with `sms` SMs."""
+    bias float32, softplus on, as the benchmark), as launched on a GPU with `sms` SMs; `fused`: see the module
+    docstring."""
     from mmmv.ops.selective_scan import triton_backend, triton_kernels
     launches = []
     batch, dim, length, state = case.batch, case.dim, case.length, case.state
-    u, delta = torch.empty(batch, dim, length, dtype=dtype), torch.empty(batch, dim, length, dtype=dtype)
-    B, C = torch.empty(batch, state, length, dtype=dtype), torch.empty(batch, state, length, dtype=dtype)
-    A, D, bias = torch.empty(dim, state), torch.empty(dim), torch.empty(dim)
+    height = 0
+    if fused:
+        height, batch = math.isqrt(length), batch // DIRECTIONS
+        if height * height != length or batch * DIRECTIONS != case.batch:
+            raise SystemExit(f'--fused needs a case of square maps with 4 directions in the batch, not {case.name}')
+        delta = torch.empty(batch, DIRECTIONS, dim, length, dtype=dtype)
+        B, C = (torch.empty(batch, DIRECTIONS, state, length, dtype=dtype) for _ in range(2))
+        A, D, bias = torch.empty(DIRECTIONS * dim, state), torch.empty(DIRECTIONS * dim), torch.empty(DIRECTIONS * dim)
+    else:
+        delta = torch.empty(batch, dim, length, dtype=dtype)
+        B, C = (torch.empty(batch, state, length, dtype=dtype) for _ in range(2))
+        A, D, bias = torch.empty(dim, state), torch.empty(dim), torch.empty(dim)
+    u = torch.empty(batch, dim, length, dtype=dtype)
     launch_config = triton_backend.launch_config
     gpu = torch.device('cuda')
     saved = {name: getattr(triton_kernels, name) for name in KERNELS}
@@ -65,8 +82,9 @@ def captured_launches(case, dtype: torch.dtype, sms: int) -> List[tuple]:
         triton_backend.launch_config = lambda *a, **k: launch_config(*a[:5], gpu, *a[6:], **k)
         triton_backend._check_runnable, check = (lambda t: None), triton_backend._check_runnable
         try:
-            _, _, states = triton_backend.scan_forward(u, delta, A, B, C, D, None, bias, True, False)
-            triton_backend.scan_backward(torch.empty_like(u), None, u, delta, A, B, C, D, None, bias, states, True)
+            _, _, states = triton_backend.scan_forward(u, delta, A, B, C, D, None, bias, True, False, height=height)
+            triton_backend.scan_backward(torch.empty_like(u), None, u, delta, A, B, C, D, None, bias, states, True,
+                                         height=height)
         finally:
             triton_backend._check_runnable = check
     finally:
@@ -122,12 +140,13 @@ def resources(compiled, scratch: str) -> Dict[str, int]:
 
 
 def kernel_rows(case_key: str, dtype: torch.dtype, sms: int, capability: int, scratch: str,
-                dump: Optional[str] = None) -> List[dict]:
+                dump: Optional[str] = None, fused: bool = False) -> List[dict]:
     rows = []
-    for fn, grid, args, kwargs in captured_launches(GPU_CASES[case_key], dtype, sms):
+    for fn, grid, args, kwargs in captured_launches(GPU_CASES[case_key], dtype, sms, fused):
         compiled = compile_launch(fn, args, kwargs, capability)
-        row = dict(case=case_key, dtype=str(dtype).split('.')[1], kernel=fn.__name__.strip('_'), grid=tuple(grid),
-                   warps=kwargs.get('num_warps', 4), **resources(compiled, scratch))
+        row = dict(case=case_key + (' fused' if fused else ''), dtype=str(dtype).split('.')[1],
+                   kernel=fn.__name__.strip('_'), grid=tuple(grid), warps=kwargs.get('num_warps', 4),
+                   **resources(compiled, scratch))
         rows.append(row)
         if dump:
             for ext in ('ttgir', 'ptx'):
@@ -142,6 +161,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--dtypes', default='float32,bfloat16', help='comma-separated: float32, bfloat16, float16')
     parser.add_argument('--capability', type=int, default=90, help='compute capability, e.g. 90 (H100 / H200)')
     parser.add_argument('--sms', type=int, default=132, help="the GPU's SM count (sets the sequence splits)")
+    parser.add_argument('--fused', action='store_true', help="VSS cases as the fused four-direction scan")
     parser.add_argument('--dump', help='also write each kernel\'s ttgir and ptx into this folder')
     args = parser.parse_args(argv)
     unknown = sorted(set(args.cases.split(',')) - set(GPU_CASES))
@@ -166,7 +186,7 @@ def main(argv=None) -> None:
         for case_key in args.cases.split(','):
             for dtype_name in args.dtypes.split(','):
                 for row in kernel_rows(case_key, getattr(torch, dtype_name), args.sms, args.capability, scratch,
-                                       args.dump):
+                                       args.dump, args.fused):
                     print('| ' + ' | '.join(str(row[c]) for c in columns) + ' |', flush=True)
 
 
