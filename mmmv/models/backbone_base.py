@@ -2,6 +2,7 @@
 build, no-weight-decay names, the checking of ``out_indices`` and the ``compile`` option (docs/compile.md)."""
 from typing import List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 
@@ -99,19 +100,18 @@ def inductor_workarounds(kwargs: dict) -> dict:
     ``dynamic=True``, and with automatic dynamic shapes (``dynamic`` unset) on torch < 2.12. Left alone for other
     backends, ``dynamic=False``, ``disable=True``, or when the options set it. A ``mode`` becomes its options
     (torch.compile takes one of the two)."""
-    import torch
     dynamic = kwargs.get('dynamic')
     if kwargs.get('backend', 'inductor') != 'inductor' or kwargs.get('disable') or dynamic is False:
         return kwargs
     if dynamic is None and torch.__version__ >= '2.12':
         return kwargs
-    import torch._inductor
     import torch._inductor.config as inductor_config
+    from torch._inductor import list_mode_options
     options = dict(kwargs.get('options') or {})
     if COALESCING_OPTION in options or not hasattr(inductor_config.triton, COALESCING_OPTION.split('.')[1]):
         return kwargs
     if kwargs.get('mode') is not None:
-        options = {**torch._inductor.list_mode_options(kwargs['mode'], dynamic), **options}
+        options = {**list_mode_options(kwargs['mode'], dynamic), **options}
     options[COALESCING_OPTION] = False
     return {**{k: v for k, v in kwargs.items() if k != 'mode'}, 'options': options}
 

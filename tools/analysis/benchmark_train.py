@@ -9,9 +9,10 @@ NCCL), with only its data and schedule replaced:
 
 - data: generated once under ``data/benchmark/`` in the config's own layout and at its real size: COCO-format
   1333 x 800 images with instance masks for mmdet configs, ADE20K-layout images (683 x 512, or 853 x 640 for 640 crops)
-  with 150-class label maps for mmseg configs, ImageNet-layout 500 x 375 JPEGs (``train/<class>/``, ``meta/train.txt``,
-  at least one batch of them) for mmpretrain configs. The config's training pipeline (multi-scale resize, crops, flips) runs
-  on them unchanged, so the network sees inputs of the sizes it sees on COCO / ADE20K;
+  with 150-class label maps for mmseg configs, ImageNet-layout 500 x 375 JPEGs (``train/<class>/``,
+  ``meta/train.txt``, at least one batch of them) for mmpretrain configs. The config's training pipeline (multi-scale
+  resize, crops, flips) runs on them unchanged, so the network sees inputs of the sizes it sees on COCO / ADE20K /
+  ImageNet;
 - the backbone starts from its random initialisation (``init_cfg=None``): no checkpoint is needed;
 - schedule: ``--iters`` iterations (an iteration-based loop, the learning-rate warm-up kept, no validation), a
   checkpoint at the end; ``--resume-iters K`` then resumes that checkpoint through ``--resume`` and trains K

@@ -153,12 +153,6 @@ def _narrow(*tensors: torch.Tensor) -> bool:
     return any(t.dtype != torch.float32 for t in tensors)
 
 
-def _carry_flags(flags: dict) -> dict:
-    """The main kernels' flags without NARROW: the carry kernels need no pin (their per-(token, channel) work is
-    reduced over the chunk, not broadcast over the states)."""
-    return {key: value for key, value in flags.items() if key != 'NARROW'}
-
-
 def _optional(t: Optional[torch.Tensor], fallback: torch.Tensor) -> torch.Tensor:
     """A valid pointer for an absent input; the kernels never read it (the HAS_* flag is off)."""
     return fallback if t is None else t
@@ -213,8 +207,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     states = torch.empty((batch, cfg.n_chunks, dim, state), device=u.device, dtype=torch.float32)
     last = torch.empty((batch, dim, state) if return_last_state else (0, ), device=u.device, dtype=torch.float32)
     grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
-    flags = dict(CROSS=bool(height), NARROW=_narrow(u, delta), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk,
-                 num_warps=cfg.num_warps)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
     carry_h = carry_dt = u
     if cfg.fwd_splits > 1 and launch:
         carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
@@ -223,7 +216,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
             u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
             state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **_carry_flags(flags))
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     if launch:
         kernels._fwd_kernel[grid](
             u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
@@ -232,7 +225,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
             cfg.fwd_splits, state, height,
             *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, **flags)
+            HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, NARROW=_narrow(u, delta), **flags)
     if height:
         y = y.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
     return y, last, states
@@ -279,9 +272,10 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
     dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
-    flags = dict(CROSS=bool(height), NARROW=_narrow(u, delta), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk,
-                 num_warps=cfg.num_warps)
-    bwd_flags = dict(flags, BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    # the main kernels pin narrow inputs; the carry kernels reduce their per-(token, channel) work over the chunk
+    # instead of broadcasting it over the states, and need no pin
+    bwd_flags = dict(flags, NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
     z_or_u = _optional(z, u)
     carry_g = carry_dt = u
     if splits > 1 and launch:
@@ -293,7 +287,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
             length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
             height,
             *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
-            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **_carry_flags(flags))
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
     if launch:
         kernels._bwd_kernel[(batch, programs, splits)](
