@@ -58,6 +58,10 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
         # worst 3.1e-2; open in issue 11. strict: this test fails once it is fixed, so that the mark goes.
         request.applymarker(pytest.mark.xfail(strict=True, reason='compiled bf16 MambaVision-T gradient (issue 11)'))
     monkeypatch.setattr(cross_scan, 'FUSED_BY_DEFAULT', fused)
+    if dtype is None:
+        # float32 on both sides: with cuDNN's TF32 on (PyTorch's default), inductor's convolutions round VM-UNet's
+        # activations to TF32 where eager's kernels do not (H200: 8e-4 vs 1.5e-5 gradient error; docs/compile.md)
+        monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     torch.manual_seed(0)
     build, size = MODELS[name]
     model = build().cuda().eval()  # eval: no drop path, so every run sees the same network

@@ -23,7 +23,6 @@ import os.path as osp
 import re
 import subprocess
 import sys
-import types
 from typing import Dict, List, Optional
 
 import torch
@@ -74,11 +73,12 @@ def captured_launches(case, dtype: torch.dtype, sms: int, fused: bool = False) -
     launch_config = triton_backend.launch_config
     gpu = torch.device('cuda')
     saved = {name: getattr(triton_kernels, name) for name in KERNELS}
-    saved_props = torch.cuda.get_device_properties
+    saved_sms, saved_configs = triton_backend.multiprocessors, triton_backend._CONFIGS
     try:
         for name in KERNELS:
             setattr(triton_kernels, name, _Capture(saved[name], launches))
-        torch.cuda.get_device_properties = lambda device: types.SimpleNamespace(multi_processor_count=sms)
+        triton_backend.multiprocessors = lambda device: sms
+        triton_backend._CONFIGS = {}  # configurations for this GPU size only
         triton_backend.launch_config = lambda *a, **k: launch_config(*a[:5], gpu, *a[6:], **k)
         triton_backend._check_runnable, check = (lambda t: None), triton_backend._check_runnable
         try:
@@ -90,7 +90,7 @@ def captured_launches(case, dtype: torch.dtype, sms: int, fused: bool = False) -
     finally:
         for name, fn in saved.items():
             setattr(triton_kernels, name, fn)
-        torch.cuda.get_device_properties = saved_props
+        triton_backend.multiprocessors, triton_backend._CONFIGS = saved_sms, saved_configs
         triton_backend.launch_config = launch_config
     return launches
 

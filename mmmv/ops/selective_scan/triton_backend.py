@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import triton_kernels as kernels
+from .launch import launch as launch_kernel
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A (tokens, channels, states) tile gives each thread all tokens of one (channel, state) pair, so each 3-D working
@@ -87,10 +88,7 @@ def launch_config(batch: int, dim: int, length: int, state: int, group_channels:
     block_d = max(1, min(_pow2(group_channels), THREADS_PER_PROGRAM // states_padded))
     n_chunks = math.ceil(length / chunk)
     groups = dim // group_channels
-    if device.type == 'cuda':
-        target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 1
+    target = PROGRAMS_PER_SM * multiprocessors(device) if device.type == 'cuda' else 1
     fwd_splits, fwd_per_split = _splits(batch * groups * math.ceil(group_channels / block_d), n_chunks, target,
                                        n_splits)
     # backward programs own one tile of channels or, in wide groups, several, so that the partial dB / dC rows
@@ -103,6 +101,17 @@ def launch_config(batch: int, dim: int, length: int, state: int, group_channels:
     return LaunchConfig(chunk, block_d, states_padded, n_chunks, fwd_splits, fwd_per_split, bwd_block_d,
                         ch_per_program, bwd_splits, bwd_per_split, _warps(block_d, states_padded),
                         _warps(bwd_block_d, states_padded))
+
+
+_MULTIPROCESSORS = {}
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The streaming multiprocessors of a CUDA device (asked once per device: the query costs host time)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MULTIPROCESSORS:
+        _MULTIPROCESSORS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _MULTIPROCESSORS[index]
 
 
 def _warps(block_d: int, states_padded: int) -> int:
@@ -125,11 +134,24 @@ def _scanned_channels(u: torch.Tensor, height: int) -> int:
     return u.shape[1] * (DIRECTIONS if height else 1)
 
 
+_CONFIGS = {}
+MAX_CONFIGS = 1024
+
+
 def _config_for(u, B, C, chunk_size, n_splits, height) -> LaunchConfig:
+    """`launch_config` of a call, kept per sizes (the same layers run every step); symbolic sizes (the fake
+    implementations under torch.compile) are not kept."""
     batch, _, length = u.shape
     dim = _scanned_channels(u, height)
-    return launch_config(batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size,
-                         n_splits)
+    args = (batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size, n_splits)
+    if type(batch) is not int or type(length) is not int:
+        return launch_config(*args)
+    cfg = _CONFIGS.get(args)
+    if cfg is None:
+        if len(_CONFIGS) >= MAX_CONFIGS:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[args] = launch_config(*args)
+    return cfg
 
 
 def _fake_splits(n_splits: Optional[int], launch: bool) -> Optional[int]:
@@ -212,14 +234,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     if cfg.fwd_splits > 1 and launch:
         carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, cfg.fwd_splits, dim), device=u.device, dtype=torch.float32)
-        kernels._fwd_carry_kernel[grid](
-            u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
+        launch_kernel(
+            kernels._fwd_carry_kernel, grid, u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
             state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     if launch:
-        kernels._fwd_kernel[grid](
-            u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
+        launch_kernel(
+            kernels._fwd_kernel, grid, u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
             y, states, last, carry_h, carry_dt,
             length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
             cfg.fwd_splits, state, height,
@@ -282,7 +304,8 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         carry_g = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
         tiles_per_group = math.ceil(group_channels / cfg.block_d)
-        kernels._bwd_carry_kernel[(batch, dim // group_channels * tiles_per_group, splits)](
+        launch_kernel(
+            kernels._bwd_carry_kernel, (batch, dim // group_channels * tiles_per_group, splits),
             delta, A, C, z_or_u, _optional(delta_bias, u), dout, carry_g, carry_dt,
             length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
             height,
@@ -290,7 +313,8 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
     if launch:
-        kernels._bwd_kernel[(batch, programs, splits)](
+        launch_kernel(
+            kernels._bwd_kernel, (batch, programs, splits),
             u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
             carry_g, carry_dt,
             du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
