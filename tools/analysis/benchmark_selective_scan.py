@@ -1,8 +1,9 @@
 """Benchmark the selective scan backends against mamba_ssm, and the torch backend against a Python loop.
 
-GPU tables (two per dtype): the seven cases of ANCHORS.md section 3, forward and forward + backward, as median ms
-per call from `triton.testing.do_bench` (CUDA events when triton is missing; host launch overhead included) and as
-GPU kernel time per call from torch.profiler (host overhead excluded, as when the GPU has queued work), for `selective_scan(..., backend='triton')`,
+GPU tables (three per dtype): the seven cases of ANCHORS.md section 3, forward and forward + backward, as median
+ms per call from `triton.testing.do_bench` (CUDA events when triton is missing; host launch overhead included), as
+GPU kernel time per call from torch.profiler (host overhead excluded, as when the GPU has queued work) and as host
+time per call (calls launched without synchronising), for `selective_scan(..., backend='triton')`,
 `selective_scan(..., backend='torch')` and mamba_ssm's `selective_scan_fn` (when
 `mamba_ssm.ops.selective_scan_interface` imports); a backend that raises shows 'n/a'. Then the ratios
 triton / mamba_ssm and triton / HBM floor, the floor being the bytes that must move at --bandwidth (or at the
@@ -216,9 +217,36 @@ def kernel_ms(fn: Callable, calls: int = 10) -> float:
     return device_us / calls / 1e3
 
 
+# calls per host-time sample: few enough that their launches never fill the GPU's queue (about a thousand)
+HOST_CALLS = 20
+
+
+def host_ms(fn: Callable, calls: int = HOST_CALLS, samples: int = 5) -> float:
+    """Median ms of host time per call of fn: `calls` calls launched back to back without synchronising, so the
+    host never waits for the GPU (its queue is not full). This is what an eager step waits on between kernels when
+    they are shorter than their launches (MambaVision's small stages)."""
+    def synchronize():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append(1e3 * (time.perf_counter() - start) / calls)
+        synchronize()
+    return statistics.median(times)
+
+
 TIMINGS = {
     'ms': ('median ms per call (triton.testing.do_bench: host launch overhead included)', gpu_ms),
     'kernel_ms': ('GPU kernel time per call, ms (torch.profiler: host overhead excluded)', kernel_ms),
+    'host_ms': ('host time per call, ms (calls launched without synchronising; not compared with the HBM floor)',
+                host_ms),
 }
 
 
@@ -234,7 +262,7 @@ def gpu_tables(args, device) -> List[dict]:
         dtype_rows = []
         for key in args.cases:
             case = GPU_CASES[key]
-            row = dict(case=key, shape=list(case[1:]), dtype=dtype_name, ms={}, kernel_ms={}, floor_ms={})
+            row = dict(case=key, shape=list(case[1:]), dtype=dtype_name, floor_ms={}, **{t: {} for t in TIMINGS})
             for mode in args.modes:
                 sets = [make_inputs(case, dtype, device, mode != 'fwd', seed) for seed in range(args.sets)]
                 row['floor_ms'][mode] = 1e3 * floor_bytes(case, sets[0]['u'].element_size(), mode) / bandwidth
@@ -255,12 +283,13 @@ def gpu_tables(args, device) -> List[dict]:
             header = ['case', '(batch, D, L, N)']
             header += [f'{backend} {mode}' for mode in args.modes for backend in backends]
             header += [f'triton/mamba_ssm {mode}' for mode in args.modes]
-            header += [f'triton/floor {mode}' for mode in args.modes]
+            if timing != 'host_ms':
+                header += [f'triton/floor {mode}' for mode in args.modes]
             print(f'### {dtype_name}, {TIMINGS[timing][0]}\n')
             print('| ' + ' | '.join(header) + ' |')
             print('|' + '---|' * len(header))
             for row in dtype_rows:
-                print('| ' + ' | '.join(_gpu_cells(row, row[timing], backends, args.modes)) + ' |')
+                print('| ' + ' | '.join(_gpu_cells(row, row[timing], backends, args.modes, timing != 'host_ms')) + ' |')
             print()
         for backend, error in errors.items():
             print(f'{backend} n/a: {error.splitlines()[0][:300]}\n')
@@ -268,7 +297,7 @@ def gpu_tables(args, device) -> List[dict]:
     return rows
 
 
-def _gpu_cells(row: dict, ms: dict, backends, modes) -> List[str]:
+def _gpu_cells(row: dict, ms: dict, backends, modes, floor: bool = True) -> List[str]:
     def cell(value, digits=3, suffix=''):
         return 'n/a' if value is None else f'{value:.{digits}f}{suffix}'
 
@@ -278,7 +307,8 @@ def _gpu_cells(row: dict, ms: dict, backends, modes) -> List[str]:
     cells = [GPU_CASES[row['case']].name, str(tuple(row['shape']))]
     cells += [cell(ms[f'{backend} {mode}']) for mode in modes for backend in backends]
     cells += [cell(ratio(ms[f'triton {mode}'], ms[f'mamba_ssm {mode}']), 2, 'x') for mode in modes]
-    cells += [cell(ratio(ms[f'triton {mode}'], row['floor_ms'][mode]), 1, 'x') for mode in modes]
+    if floor:
+        cells += [cell(ratio(ms[f'triton {mode}'], row['floor_ms'][mode]), 1, 'x') for mode in modes]
     return cells
 
 
@@ -345,7 +375,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--dtypes', type=names(DTYPES), default=list(DTYPES))
     parser.add_argument('--modes', type=names(MODES), default=list(MODES))
     parser.add_argument('--timings', type=names(list(TIMINGS)), default=list(TIMINGS),
-                        help='ms: per call as a user sees it; kernel_ms: GPU work only')
+                        help='ms: per call as a user sees it; kernel_ms: GPU work only; host_ms: host work only')
     parser.add_argument('--sets', type=int, default=3, help='input sets rotated through by the timed calls')
     parser.add_argument('--bandwidth', type=float, default=3.0e12, help='HBM bytes per second for the floor')
     parser.add_argument('--measure-bandwidth', action='store_true', help='use a device-to-device copy instead')

@@ -1,0 +1,40 @@
+"""tools/analysis/benchmark_selective_scan.py: its host-time measure and its arguments (the GPU tables need CUDA;
+the loop section runs in docs/benchmarks.md's CPU command)."""
+import importlib.util
+import os.path as osp
+import time
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+spec = importlib.util.spec_from_file_location(
+    'benchmark_selective_scan', osp.join(REPO, 'tools', 'analysis', 'benchmark_selective_scan.py'))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_host_time_counts_every_call_and_no_more():
+    calls = []
+
+    def two_ms():
+        calls.append(1)
+        time.sleep(0.002)
+
+    ms = bench.host_ms(two_ms, calls=4, samples=3)
+    assert len(calls) == 3 + 4 * 3  # warm-up, then the samples
+    assert 1.9 <= ms < 50  # a sleep lasts at least its time; the upper bound only catches a unit mistake
+
+
+def test_timings_are_chosen_by_name():
+    assert bench.parse_args(['--timings', 'host_ms,kernel_ms']).timings == ['host_ms', 'kernel_ms']
+    assert bench.parse_args([]).timings == list(bench.TIMINGS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--timings', 'host'])
+
+
+def test_host_table_has_no_floor_ratio():
+    row = dict(case='mv-t-s4', shape=[128, 320, 49, 8], floor_ms={'fwd': 0.01},
+               host_ms={'triton fwd': 0.08, 'mamba_ssm fwd': 0.04})
+    backends = ('triton', 'mamba_ssm')
+    assert bench._gpu_cells(row, row['host_ms'], backends, ['fwd'], floor=False)[-1] == '2.00x'
+    assert bench._gpu_cells(row, row['host_ms'], backends, ['fwd'])[-1] == '8.0x'
