@@ -144,7 +144,7 @@ def _config_for(u, B, C, chunk_size, n_splits, height) -> LaunchConfig:
     batch, _, length = u.shape
     dim = _scanned_channels(u, height)
     args = (batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size, n_splits)
-    if type(batch) is not int or type(length) is not int:
+    if not all(type(size) is int for size in args[:5]):
         return launch_config(*args)
     cfg = _CONFIGS.get(args)
     if cfg is None:
