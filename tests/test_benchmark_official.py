@@ -31,6 +31,11 @@ def test_arguments_are_checked():
             benchmark_official.parse_args(bad)
 
 
+def test_busy_share_goes_in_the_note_of_gpu_rows_only():
+    assert benchmark_official.busy_note(dict(gpu_busy=0.756)) == 'GPU busy 76%'
+    assert benchmark_official.busy_note(dict(median_ms=3.0)) == ''
+
+
 def test_bce_dice_loss_is_vmunets():
     prob = torch.tensor([[[[0.9, 0.2], [0.6, 0.1]]], [[[0.3, 0.3], [0.8, 0.7]]]])
     target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 1.0], [1.0, 0.0]]]])

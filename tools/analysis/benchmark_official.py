@@ -15,7 +15,9 @@ Implementations (``--impls``, comma-separated, each timed in turn with memory fr
 
 Work (``--works``): ``train``: one optimisation step (forward, loss, backward, AdamW step, zero_grad);
 ``infer``: a forward pass without grad in eval mode. Time = CUDA events around each whole call after
-``--warmup`` calls (host overhead included, GPU synchronised before each call), median of ``--steps``.
+``--warmup`` calls (host overhead included, GPU synchronised before each call), median of ``--steps``. On a GPU
+the note also gives the share of that time the GPU is busy (its kernel time over three more calls, torch.profiler):
+below 100%, the step waits for the host.
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
@@ -277,10 +279,32 @@ def time_work(model: nn.Module, work: str, images: torch.Tensor, target: torch.T
     all_times = [timer(call) for _ in range(args.warmup + args.steps)]
     times = all_times[args.warmup:]
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else float('nan')
-    del optimizer
     median = statistics.median(times)
-    return dict(median_ms=median, min_ms=min(times), images_per_s=images.shape[0] / median * 1e3, peak_gib=peak,
-                first_call_ms=all_times[0])
+    result = dict(median_ms=median, min_ms=min(times), images_per_s=images.shape[0] / median * 1e3, peak_gib=peak,
+                  first_call_ms=all_times[0])
+    if device.type == 'cuda':
+        result['gpu_busy'] = gpu_kernel_ms(call) / median
+    del optimizer
+    return result
+
+
+def gpu_kernel_ms(call: Callable, calls: int = 3) -> float:
+    """GPU time per call of `call`: every kernel, copy and fill it launches (torch.profiler), without the gaps
+    between them. Divided by the call's wall time, it is the share of the step that the GPU is busy; the rest it
+    waits for the host (launch overhead, Python, synchronisation)."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    device_us = sum(event.self_device_time_total for event in prof.key_averages()
+                    if event.device_type == torch.autograd.DeviceType.CUDA)
+    return device_us / calls / 1e3
+
+
+def busy_note(row: dict) -> str:
+    """'GPU busy NN%' for a row timed on a GPU, else ''."""
+    return f"GPU busy {row['gpu_busy']:.0%}" if row.get('gpu_busy') is not None else ''
 
 
 def free_memory() -> None:
@@ -351,8 +375,8 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
                     timed = torch.compile(model)
                 try:
                     row.update(time_work(timed, work, images, target, loss_fn, AUTOCAST[dtype], optimizer_fn, args))
-                    if compiled:
-                        row['note'] = '; '.join(filter(None, [note, f'{graph_breaks() - breaks_before} graph breaks']))
+                    breaks = f'{graph_breaks() - breaks_before} graph breaks' if compiled else ''
+                    row['note'] = '; '.join(filter(None, [note, breaks, busy_note(row)]))
                 except Exception as error:  # noqa: BLE001 - a failing implementation is a result, reported as such
                     message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
                     row.update(median_ms=None, error=f'{type(error).__name__}: {message}')
