@@ -4,6 +4,7 @@ autocast. The compiled loss and gradients must equal eager's. Needs CUDA; skippe
 import importlib
 import importlib.util
 import os.path as osp
+import warnings
 
 import pytest
 import torch
@@ -80,9 +81,11 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
     eager, compiled_errors = max(eager_all), max(compiled_all)
     names = [name for name, p in model.named_parameters() if p.grad is not None]
     worst = max(range(len(names)), key=lambda i: compiled_all[i] - 2 * eager_all[i])
-    assert compiled_errors <= 2 * eager + floor, (
-        f'worst relative gradient error vs float64: compiled {compiled_errors:.2e}, eager {eager:.2e}; furthest '
-        f'over its bound: {names[worst]} (compiled {compiled_all[worst]:.2e}, eager {eager_all[worst]:.2e})')
+    message = (f'worst relative gradient error vs float64: compiled {compiled_errors:.2e}, eager {eager:.2e}; furthest '
+               f'over its bound: {names[worst]} (compiled {compiled_all[worst]:.2e}, eager {eager_all[worst]:.2e})')
+    if compiled_errors > 2 * eager + floor:
+        warnings.warn(message)  # in the warnings summary even when the test is an expected failure
+    assert compiled_errors <= 2 * eager + floor, message
 
 
 # Detection-like sizes: mmdet pads each batch to a multiple of 32, so consecutive iterations see different H, W.
