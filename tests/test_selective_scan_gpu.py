@@ -140,3 +140,19 @@ def test_vss_encoder_triton_matches_torch_backend():
     model = VSSEncoder('vmunet', drop_path_rate=0.0).cuda()
     assert_model_triton_matches_torch(model, torch.randn(2, 3, 200, 264, device='cuda'),
                                       lambda m: m.layers[1].blocks[0].self_attention.A_logs)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
+def test_runs_on_the_inputs_device_not_the_current_one():
+    """Inputs on cuda:1 while cuda:0 is current (``model.to('cuda:1')`` without ``torch.cuda.set_device``): Triton
+    launches on the current device, the op must launch on the inputs'. Forward and backward equal those on cuda:0."""
+    results = []
+    for device in ('cuda:0', 'cuda:1'):
+        inputs = {name: None if t is None else t.to(device).requires_grad_(t.is_floating_point())
+                  for name, t in make_inputs(length=300, dim=64, state=8).items()}
+        with torch.cuda.device(0):
+            y = selective_scan(**inputs, delta_softplus=True, backend='triton')
+            grads = torch.autograd.grad(y.square().sum(), [inputs['u'], inputs['delta'], inputs['B']])
+        results.append([t.cpu() for t in (y, *grads)])
+    for on_1, on_0 in zip(*results[::-1]):
+        torch.testing.assert_close(on_1, on_0, rtol=0, atol=0)

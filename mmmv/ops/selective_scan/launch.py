@@ -65,8 +65,19 @@ def _launchable(compiled) -> bool:
 
 
 def launch(kernel, grid: Tuple[int, int, int], *args, **constexprs) -> None:
-    """``kernel[grid](*args, **constexprs)``: non-constexpr arguments positional, constexprs (and launch options
-    such as ``num_warps``) by keyword."""
+    """``kernel[grid](*args, **constexprs)``: non-constexpr arguments positional, the first a tensor, constexprs (and
+    launch options such as ``num_warps``) by keyword. Runs on the first argument's device: Triton launches on the
+    current device, so a model on cuda:1 in a process whose current device is cuda:0 (``model.to('cuda:1')`` without
+    ``torch.cuda.set_device``) would otherwise fail or read another GPU's memory."""
+    device = args[0].device
+    if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device.index):
+            _launch(kernel, grid, args, constexprs)
+        return
+    _launch(kernel, grid, args, constexprs)
+
+
+def _launch(kernel, grid: Tuple[int, int, int], args: tuple, constexprs: dict) -> None:
     if not fast_launch_enabled() or not isinstance(kernel, _state.jit_type):
         kernel[grid](*args, **constexprs)
         return
