@@ -68,7 +68,8 @@ def launch(kernel, grid: Tuple[int, int, int], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs)``: non-constexpr arguments positional, the first a tensor, constexprs (and
     launch options such as ``num_warps``) by keyword. Runs on the first argument's device: Triton launches on the
     current device, so a model on cuda:1 in a process whose current device is cuda:0 (``model.to('cuda:1')`` without
-    ``torch.cuda.set_device``) would otherwise fail or read another GPU's memory."""
+    ``torch.cuda.set_device``) would otherwise fail in Triton's launcher (triton-lang/triton#2441: "Pointer argument
+    cannot be accessed from Triton")."""
     device = args[0].device
     if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
         with torch.cuda.device(device.index):
