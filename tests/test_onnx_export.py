@@ -22,6 +22,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'deployment', 'pytorch2onnx.py')
 HELPERS = osp.join(REPO, 'tests', 'helpers')
 ONNX_ATOL = 1e-4  # |onnxruntime - PyTorch| of the tiny models, float32
+# The tiny VM-UNet segmentor at a size other than the traced one: 5e-6 to 1.2e-4 over seven initialisations (outputs
+# up to 0.26-2.1); 9.9e-5 with the seeded one the test exports. Its error grows with the output's scale.
+VMUNET_ONNX_ATOL = 2e-4
 FLOAT64_ATOL = 1e-10  # export backend vs the float64 reference, in float64
 FLOAT32_ATOL = 1e-4  # the same in float32
 BFLOAT16_TOLERANCE = dict(rtol=1.6e-2, atol=1e-2)  # a bfloat16 output rounded one way or the other
@@ -128,6 +131,7 @@ import torchvision_shim
 torchvision_shim.install_if_needed()
 from mmmv.engine import cli, toolbox
 config, checkpoint = sys.argv[1:3]
+torch.manual_seed(0)  # the initial weights too: the exported model is the same on every run
 model = toolbox.build_model(cli.load_tool_config(config))
 gen = torch.Generator().manual_seed(0)
 with torch.no_grad():
@@ -161,12 +165,12 @@ def test_vmunet_segmentor_exports_with_dynamic_batch_height_and_width(tmp_path):
     config = _config(tmp_path, 'vmunet_isic17.py', dict(
         backbone=dict(arch=dict(_delete_=True, depths=(0, 1), embed_dim=8), out_indices=(0, 1), init_cfg=None),
         decode_head=dict(in_channels=(8, 16, 16), in_index=(0, 1, 2), decoder_depths=(1, 0), init_cfg=None)))
-    proc = _export(config, tmp_path, '--shape', *SHAPE, '--dynamic', '--atol', str(ONNX_ATOL))
+    proc = _export(config, tmp_path, '--shape', *SHAPE, '--dynamic', '--atol', str(VMUNET_ONNX_ATOL))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'EncoderDecoder (mmseg)' in proc.stdout and 'dynamic axes: batch, height, width' in proc.stdout
     differences = _differences(proc.stdout)
     assert set(differences) == {'2x3x68x44', '1x3x100x60'}, proc.stdout
-    assert max(differences.values()) <= ONNX_ATOL
+    assert max(differences.values()) <= VMUNET_ONNX_ATOL
 
 
 def test_mambavision_classifier_exports_with_dynamic_batch_height_and_width(tmp_path):
