@@ -16,8 +16,9 @@ Implementations (``--impls``, comma-separated, each timed in turn with memory fr
 Work (``--works``): ``train``: one optimisation step (forward, loss, backward, AdamW step, zero_grad);
 ``infer``: a forward pass without grad in eval mode. Time = CUDA events around each whole call after
 ``--warmup`` calls (host overhead included, GPU synchronised before each call), median of ``--steps``. On a GPU
-the note also gives the share of that time the GPU is busy (its kernel time over three more calls, torch.profiler):
-below 100%, the step waits for the host.
+the note also gives the share of that time the GPU is busy (its kernel time over three more calls after three
+warm-up ones, torch.profiler, as `benchmark_selective_scan.kernel_ms` measures it): below 100%, the step waits for the
+host.
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
@@ -159,13 +160,18 @@ def mmmv_mambavision(arch: str, drop_path_rate: float) -> nn.Module:
     return MambaVisionClassifier(arch, drop_path_rate=drop_path_rate)
 
 
-def mmmv_vmunet() -> nn.Module:
-    """The VM-UNet of benchmark_vmunet.py with a sigmoid, as the original ``VMUNet`` returns for one class."""
+def _tool_module(name: str) -> types.ModuleType:
+    """Another script of tools/analysis, imported as a module."""
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
     try:
-        from benchmark_vmunet import VMUNet
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def mmmv_vmunet() -> nn.Module:
+    """The VM-UNet of benchmark_vmunet.py with a sigmoid, as the original ``VMUNet`` returns for one class."""
+    VMUNet = _tool_module('benchmark_vmunet').VMUNet
 
     class SigmoidVMUNet(VMUNet):
         def logits(self, x):
@@ -283,23 +289,11 @@ def time_work(model: nn.Module, work: str, images: torch.Tensor, target: torch.T
     result = dict(median_ms=median, min_ms=min(times), images_per_s=images.shape[0] / median * 1e3, peak_gib=peak,
                   first_call_ms=all_times[0])
     if device.type == 'cuda':
-        result['gpu_busy'] = gpu_kernel_ms(call) / median
+        # the scan benchmark's GPU kernel time: every kernel, copy and fill of a call (torch.profiler), without the
+        # gaps between them; over the wall time, the share of the step the GPU is busy (the rest it waits for the host)
+        result['gpu_busy'] = _tool_module('benchmark_selective_scan').kernel_ms(call, calls=3) / median
     del optimizer
     return result
-
-
-def gpu_kernel_ms(call: Callable, calls: int = 3) -> float:
-    """GPU time per call of `call`: every kernel, copy and fill it launches (torch.profiler), without the gaps
-    between them. Divided by the call's wall time, it is the share of the step that the GPU is busy; the rest it
-    waits for the host (launch overhead, Python, synchronisation)."""
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
-        torch.cuda.synchronize()
-    device_us = sum(event.self_device_time_total for event in prof.key_averages()
-                    if event.device_type == torch.autograd.DeviceType.CUDA)
-    return device_us / calls / 1e3
 
 
 def busy_note(row: dict) -> str:
