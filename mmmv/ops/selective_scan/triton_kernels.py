@@ -41,6 +41,15 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _combine_later(p1, f1, g1, p2, f2, g2):
+    """Reverse-scan combine of the adjoint recurrence g_t = x_t + a_{t+1} g_{t+1} without a shifted decay: a
+    segment [t..s] is (P = a_{t+1} ... a_s, F = a_t, G = sum_j a_{t+1} ... a_j x_j); (p1, f1, g1) is the later
+    segment, (p2, f2, g2) the earlier one."""
+    link = p2 * f1
+    return link * p1, f2, g2 + link * g1
+
+
+@triton.jit
 def _pin(x, NARROW: tl.constexpr):
     """x (a 2-D tile), unchanged. With NARROW, through a maximum over a pair of copies of itself: a reduction, which
     Triton's layout pass does not move a layout conversion above, so what was computed before stays computed once per
@@ -275,6 +284,12 @@ def _bwd_kernel(
                 g_begin = tl.load(carry_g_ptr + (base + d)[:, None] * N + n[None, :], mask=mask_dn, other=0.0)
                 dt_sum = tl.load(carry_dt_ptr + base + d, mask=mask_d, other=0.0)
                 g = tl.exp2(A * dt_sum[:, None]) * g + g_begin
+            if split < n_splits - 1:  # g is the adjoint at the next split's first token: decay it by that token
+                nxt = _tokens(tl.full((1, BD), chunk_end * BL, tl.int32), group, L, H, CROSS)
+                d_row = d - group * group_channels
+                dt_first, _ = _time_step(delta_ptr + pid_b * s_db + group * s_dg + d_row[None, :] * s_dd
+                                         + nxt * s_dl, mask_d[None, :], bias, SOFTPLUS, NARROW)
+                g = tl.exp2(A * tl.sum(dt_first, axis=0)[:, None]) * g
 
         dA_acc = tl.zeros((BD, NP), dtype=tl.float32)
         dD_acc = tl.zeros((BD, ), dtype=tl.float32)
@@ -291,9 +306,6 @@ def _bwd_kernel(
                           NARROW)
             delta_cols = delta_ptr + pid_b * s_db + group * s_dg + d_in[None, :] * s_dd
             dt, raw = _time_step(delta_cols + tok[:, None] * s_dl, mask, bias, SOFTPLUS, NARROW)
-            mask_next = (pos + 1 < L)[:, None] & mask_d[None, :]
-            tok_next = _tokens(pos + 1, group, L, H, CROSS)
-            dt_next, _ = _time_step(delta_cols + tok_next[:, None] * s_dl, mask_next, bias, SOFTPLUS, NARROW)
             Bt = tl.load(b_rows + tok[:, None] * s_bl, mask=mask_bc, other=0.0).to(tl.float32)
             Ct = tl.load(c_rows + tok[:, None] * s_cl, mask=mask_bc, other=0.0).to(tl.float32)
             dout = _load_f32(dout_ptr + pid_b * s_ob + group * s_og + tok[:, None] * s_ol + d_in[None, :] * s_od,
@@ -318,11 +330,12 @@ def _bwd_kernel(
                 dy = dout * z * sig
 
             # adjoint states g_t = C_t dy_t + a_{t+1} g_{t+1}, from the chunk's end
-            next_decay = tl.exp2(dt_next[:, :, None] * A[None, :, :])
-            acc_a, acc_b = tl.associative_scan((next_decay, Ct[:, None, :] * dy[:, :, None]), 0, _combine,
-                                               reverse=True)
-            gs = acc_b + acc_a * g[None, :, :]
-            g = tl.sum(tl.where(t[:, None, None] == 0, gs, 0.0), axis=0)
+            acc_p, _, acc_g = tl.associative_scan((tl.full(decay.shape, 1.0, tl.float32), tl.flip(decay, 0),
+                                                   tl.flip(Ct[:, None, :] * dy[:, :, None], 0)), 0, _combine_later)
+            acc_p = tl.flip(acc_p, 0)
+            acc_g = tl.flip(acc_g, 0)
+            gs = acc_g + acc_p * g[None, :, :]
+            g = tl.sum(tl.where(t[:, None, None] == 0, decay * gs, 0.0), axis=0)
 
             # a_t h_{t-1} = h_t - b_t: the decay's share of the state, without shifting h
             carried = (hs - drive) * gs
