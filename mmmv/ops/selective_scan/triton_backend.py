@@ -35,7 +35,11 @@ BWD_THREADS_PER_PROGRAM = 128
 SHORT_CHUNK, LONG_CHUNK, LONG_CHUNK_STATES = 8, 32, 16
 # programs wanted per streaming multiprocessor before the sequence is split as well
 PROGRAMS_PER_SM = 4
-# backward programs per group of channels: each writes its own partial dB / dC rows (batch, N, L) float32
+# Backward programs per group of channels: each writes its own partial dB / dC rows (batch, N, L) float32, and a
+# program with more channels than one tile adds each tile's share to its rows in memory (a read, a layout conversion
+# and a write per chunk). At least 8 programs per group, and up to one per tile while the partial rows together
+# stay within the size of u in float32 (group_channels / (2 N) programs): on an H200 one program per tile made the
+# MambaVision backward 3-14% faster (docs/benchmarks.md); VSS keeps 8 (one per tile would triple the rows' memory).
 MAX_PARTIAL_ROWS = 8
 DIRECTIONS = 4  # of a fused 2D scan
 
@@ -95,7 +99,8 @@ def launch_config(batch: int, dim: int, length: int, state: int, group_channels:
     # (one per program) stay few
     bwd_block_d = max(1, min(_pow2(group_channels), BWD_THREADS_PER_PROGRAM // states_padded))
     tiles = math.ceil(group_channels / bwd_block_d)
-    ch_per_program = math.ceil(tiles / min(tiles, MAX_PARTIAL_ROWS)) * bwd_block_d
+    rows = min(tiles, max(MAX_PARTIAL_ROWS, group_channels // (2 * states_padded)))
+    ch_per_program = math.ceil(tiles / rows) * bwd_block_d
     programs = batch * groups * math.ceil(group_channels / ch_per_program)
     bwd_splits, bwd_per_split = _splits(programs, n_chunks, target, n_splits)
     return LaunchConfig(chunk, block_d, states_padded, n_chunks, fwd_splits, fwd_per_split, bwd_block_d,
