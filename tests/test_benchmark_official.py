@@ -22,6 +22,8 @@ spec.loader.exec_module(benchmark_official)
 def test_arguments_are_checked():
     args = benchmark_official.parse_args(['mambavision', '--archs', 'T,B', '--impls', 'mmmv,official'])
     assert args.archs == ['T', 'B'] and args.impls == ['mmmv', 'official'] and args.dtypes == ['bfloat16']
+    assert not args.gpu_busy  # the profiler would slow every later row (CUPTI stays attached)
+    assert benchmark_official.parse_args(['mambavision', '--gpu-busy']).gpu_busy
     args = benchmark_official.parse_args(['vmunet', '--official-vmunet', 'dir'])
     assert args.dtypes == ['float32', 'bfloat16'] and args.works == ['train', 'infer']
     for bad in (['mambavision', '--archs', 'X'], ['mambavision', '--impls', 'mmmv,fast'],

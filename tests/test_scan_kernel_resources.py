@@ -49,6 +49,23 @@ def test_bfloat16_kernels_do_no_more_work_than_float32(table):
             assert int(narrow[counted]) <= int(wide[counted]), (kernel, counted, narrow, wide)
 
 
+def test_main_kernels_scan_only_forward(tmp_path):
+    """Triton lowers `associative_scan(reverse=True)` with a flip of the lanes (five butterfly shuffles per value of
+    every input and output, even along an axis held by one thread): the backward scans flipped tiles forward instead
+    (triton_kernels.py). Checked in the compiled kernels' TTGIR, which --dump writes. (The forward carry kernel's
+    reverse cumulative sum is over a (tokens, channels) tile spread over the lanes, once per split.)"""
+    proc = run_tool('--cases', 'mv-t-s3-det', '--dtypes', 'float32', '--dump', str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scans = {}
+    for path in sorted(tmp_path.glob('*.ttgir')):
+        text = path.read_text()
+        scans[path.name] = (text.count('"tt.scan"'), text.count('reverse = true'))
+    assert 'mv-t-s3-det_float32_bwd_kernel.ttgir' in scans, sorted(scans)
+    assert scans['mv-t-s3-det_float32_bwd_kernel.ttgir'][0] == 2  # the states' scan and the adjoint's
+    for kernel in ('fwd_kernel', 'bwd_kernel'):
+        assert scans[f'mv-t-s3-det_float32_{kernel}.ttgir'][1] == 0, scans
+
+
 def test_bad_arguments_fail_with_the_valid_values():
     proc = run_tool('--cases', 'mv-t-s9')
     assert proc.returncode == 2 and "unknown cases ['mv-t-s9']" in proc.stderr and 'vss-s1' in proc.stderr

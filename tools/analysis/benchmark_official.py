@@ -15,10 +15,13 @@ Implementations (``--impls``, comma-separated, each timed in turn with memory fr
 
 Work (``--works``): ``train``: one optimisation step (forward, loss, backward, AdamW step, zero_grad);
 ``infer``: a forward pass without grad in eval mode. Time = CUDA events around each whole call after
-``--warmup`` calls (host overhead included, GPU synchronised before each call), median of ``--steps``. On a GPU
-the note also gives the share of that time the GPU is busy (its kernel time over three more calls after three
-warm-up ones, torch.profiler, as `benchmark_selective_scan.kernel_ms` measures it): below 100%, the step waits for the
-host.
+``--warmup`` calls (host overhead included, GPU synchronised before each call), median of ``--steps``. With
+``--gpu-busy`` (on a GPU) the note also gives the share of that time the GPU is busy (its kernel time over three more
+calls after three warm-up ones, torch.profiler, as `benchmark_selective_scan.kernel_ms` measures it): below 100%, the
+step waits for the host. Off by default: once the profiler has run, CUPTI stays attached to the process
+(pytorch/pytorch#144455) and every later row's host time grows (on an H200, MambaVision-T's mmmv train step took
+66.6 ms after the official row's profile, 49.1 ms in a process of its own), so a side-by-side run must not profile;
+profile in a run of its own.
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
@@ -288,7 +291,7 @@ def time_work(model: nn.Module, work: str, images: torch.Tensor, target: torch.T
     median = statistics.median(times)
     result = dict(median_ms=median, min_ms=min(times), images_per_s=images.shape[0] / median * 1e3, peak_gib=peak,
                   first_call_ms=all_times[0])
-    if device.type == 'cuda':
+    if device.type == 'cuda' and args.gpu_busy:
         # the scan benchmark's GPU kernel time: every kernel, copy and fill of a call (torch.profiler), without the
         # gaps between them; over the wall time, the share of the step the GPU is busy (the rest it waits for the host)
         result['gpu_busy'] = _tool_module('benchmark_selective_scan').kernel_ms(call, calls=3) / median
@@ -458,6 +461,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument('--standin-scan', action='store_true',
                        help='without mamba_ssm, give the official code mmmv\'s torch scan (CPU checks only)')
         p.add_argument('--out', help='write the rows and the environment as JSON')
+        p.add_argument('--gpu-busy', action='store_true',
+                       help='note the share of each step the GPU is busy (torch.profiler; slows the rows after it)')
         if family == 'mambavision':
             p.add_argument('--archs', default='T,S,B', help=f'comma-separated, from {MAMBAVISION_ARCHS}')
             p.add_argument('--dtypes', default='bfloat16', help='autocast dtype')

@@ -23,6 +23,13 @@ cheap first pass (`_fwd_carry_kernel`) computes each span's end state from zero 
 h_end = sum_t exp(A * sum_{k>t} dt_k) * b_t, and the main pass composes those of the earlier spans. The backward
 does the same for the adjoint state g_t = C_t dy_t + a_{t+1} g_{t+1} from the end (`_bwd_carry_kernel`).
 
+The backward's adjoint recurrence runs from the end of a chunk, but not as `tl.associative_scan(reverse=True)`:
+Triton (3.6) lowers a reverse scan with a flip of the lanes, five butterfly shuffles per value of every input and
+output, even along an axis that lies in one thread (640 of the VSS backward's 1032 shuffles per chunk). The tiles are
+`tl.flip`ped along the tokens instead (in one thread: a renaming of registers) and scanned forward. The decay that
+links token t to t + 1 is a_{t+1}; rather than a second, shifted time step, the combine (`_combine_later`) carries
+each segment's first decay, so a chunk needs only its own decays.
+
 The forward stores the state entering every chunk, (batch, n_chunks, D, N) float32 (a chunk's states are
 contiguous, so the stores coalesce), and nothing of size
 (batch, D, N, L); the backward recomputes a chunk's states from it. Reductions over channels (dB, dC) and over tokens
@@ -329,7 +336,8 @@ def _bwd_kernel(
                 tl.store(dz_ptr + pid_b * s_wb + tok[:, None] * s_wl + d[None, :] * s_wd, dz, mask=mask)
                 dy = dout * z * sig
 
-            # adjoint states g_t = C_t dy_t + a_{t+1} g_{t+1}, from the chunk's end
+            # adjoint states g_t = C_t dy_t + a_{t+1} g_{t+1}, from the chunk's end: a forward scan of the flipped
+            # tiles (see the module docstring); g carried to the previous chunk is a_t g_t at its first token
             acc_p, _, acc_g = tl.associative_scan((tl.full(decay.shape, 1.0, tl.float32), tl.flip(decay, 0),
                                                    tl.flip(Ct[:, None, :] * dy[:, :, None], 0)), 0, _combine_later)
             acc_p = tl.flip(acc_p, 0)
