@@ -17,7 +17,11 @@ from mmmv.ops.selective_scan import interface, resolve_backend, scan_backend, se
 from test_selective_scan import assert_matches_reference, make_inputs
 
 pytest.importorskip('triton')
+import triton  # noqa: E402 - imported after the skip
+import triton.language as tl  # noqa: E402
+
 from mmmv.ops.selective_scan import triton_backend  # noqa: E402 - needs triton, imported after the skip
+from mmmv.ops.selective_scan.triton_kernels import _flip_tokens  # noqa: E402
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 if DEVICE == 'cpu' and not triton_backend.interpreting():
@@ -324,3 +328,22 @@ def test_mambavision_runs_on_the_triton_path(monkeypatch):
     for name, param in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(grads[name], param.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f'{name}: {m}')
+
+
+@triton.jit
+def _flip_kernel(x_ptr, y_ptr, BL: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """Stores `_flip_tokens` of a (BL, BD, NP) tile."""
+    rows = tl.arange(0, BL)[:, None, None] * BD + tl.arange(0, BD)[None, :, None]
+    offsets = rows * NP + tl.arange(0, NP)[None, None, :]
+    tl.store(y_ptr + offsets, _flip_tokens(tl.load(x_ptr + offsets)))
+
+
+def test_flip_tokens_is_a_bit_exact_reversal():
+    """`_flip_tokens` (the backward's adjoint scan runs over flipped tiles): every bit pattern comes back reversed
+    along the tokens, NaN, -0.0 and values whose int32 sums overflow included, at the backward's tile lengths."""
+    for tokens in (2, 8, 32):
+        x = torch.randn(tokens, 4, 2, device=DEVICE) * 1e30
+        x[0, 0, 0], x[-1, 1, 1], x[tokens // 2, 2, 0] = float('nan'), -0.0, float('inf')
+        y = torch.empty_like(x)
+        _flip_kernel[(1, )](x, y, tokens, 4, 2)
+        assert torch.equal(y.view(torch.int32), x.flip(0).view(torch.int32)), tokens

@@ -26,7 +26,7 @@ does the same for the adjoint state g_t = C_t dy_t + a_{t+1} g_{t+1} from the en
 The backward's adjoint recurrence runs from the end of a chunk, but not as `tl.associative_scan(reverse=True)`:
 Triton (3.6) lowers a reverse scan with a flip of the lanes, five butterfly shuffles per value of every input and
 output, even along an axis that lies in one thread (640 of the VSS backward's 1032 shuffles per chunk). The tiles are
-`tl.flip`ped along the tokens instead (in one thread: a renaming of registers) and scanned forward. The decay that
+flipped along the tokens instead (`_flip_tokens`; in one thread: a renaming of registers) and scanned forward. The decay that
 links token t to t + 1 is a_{t+1}; rather than a second, shifted time step, the combine (`_combine_later`) carries
 each segment's first decay, so a chunk needs only its own decays.
 
@@ -38,8 +38,27 @@ results are deterministic: no atomics.
 """
 import triton
 import triton.language as tl
+from triton.runtime.jit import constexpr_function
 
 LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@constexpr_function
+def _log2(n):
+    return n.bit_length() - 1
+
+
+@triton.jit
+def _flip_tokens(x):
+    """A 3-D tile x reversed along its first axis (a power of two long), as `tl.flip` does it: viewed as (2, 2, ..., 2, ...),
+    each pair (p, q) of each size-2 axis becomes (q, p), here as (p + q) - (p, q) on the bits as int32, where tl.flip
+    takes xor sums. Compiled, both are a renaming of registers when the axis lies in one thread (exact integer
+    arithmetic that LLVM folds); Triton's interpreter (CI) sums with numpy but xor-sums element by element in Python,
+    4 times slower for the whole backward."""
+    y = tl.reshape(x.to(tl.int32, bitcast=True), [2] * _log2(x.shape[0]) + [x.shape[1], x.shape[2]])
+    for axis in tl.static_range(_log2(x.shape[0])):
+        y = tl.sum(y, axis, keep_dims=True) - y
+    return tl.reshape(y, x.shape).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -338,10 +357,10 @@ def _bwd_kernel(
 
             # adjoint states g_t = C_t dy_t + a_{t+1} g_{t+1}, from the chunk's end: a forward scan of the flipped
             # tiles (see the module docstring); g carried to the previous chunk is a_t g_t at its first token
-            acc_p, _, acc_g = tl.associative_scan((tl.full(decay.shape, 1.0, tl.float32), tl.flip(decay, 0),
-                                                   tl.flip(Ct[:, None, :] * dy[:, :, None], 0)), 0, _combine_later)
-            acc_p = tl.flip(acc_p, 0)
-            acc_g = tl.flip(acc_g, 0)
+            acc_p, _, acc_g = tl.associative_scan((tl.full(decay.shape, 1.0, tl.float32), _flip_tokens(decay),
+                                                   _flip_tokens(Ct[:, None, :] * dy[:, :, None])), 0, _combine_later)
+            acc_p = _flip_tokens(acc_p)
+            acc_g = _flip_tokens(acc_g)
             gs = acc_g + acc_p * g[None, :, :]
             g = tl.sum(tl.where(t[:, None, None] == 0, decay * gs, 0.0), axis=0)
 
