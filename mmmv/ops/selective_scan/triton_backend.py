@@ -39,7 +39,8 @@ PROGRAMS_PER_SM = 4
 # program with more channels than one tile adds each tile's share to its rows in memory (a read, a layout conversion
 # and a write per chunk). At least 8 programs per group, and up to one per tile while the partial rows together
 # stay within the size of u in float32 (group_channels / (2 N) programs): on an H200 one program per tile made the
-# MambaVision backward 3-14% faster (docs/benchmarks.md); VSS keeps 8 (one per tile would triple the rows' memory).
+# MambaVision forward + backward up to 14% faster (one detection case 2% slower; docs/benchmarks.md); VSS keeps 8
+# (one per tile would triple the rows' memory there).
 MAX_PARTIAL_ROWS = 8
 DIRECTIONS = 4  # of a fused 2D scan
 
