@@ -12,17 +12,27 @@ K blocks of S tokens, scanned side by side:
 
 A pass is S elementwise ops, each on the same step of all K blocks, so a chunk costs about 2 S + K ops on
 tensors K times wider than one token; K is chosen so that a step is wide enough for an op to cost its data,
-not its launch. The arithmetic is that of the sequential recurrence (products of numbers in [0, 1], and sums):
-nothing overflows or is divided, whatever delta and L are.
+not its launch. Blocks double the elementwise work, so a token whose state is wide enough on its own makes the
+chunk one block, scanned token by token (pass 2 only). The arithmetic is that of the sequential recurrence
+(products of numbers in [0, 1], and sums): nothing overflows or is divided, whatever delta and L are.
 
 Backward recomputes a chunk's decays and states from its saved entering state and runs the adjoint recurrence
 g_t = C_t dy_t + a_{t+1} g_{t+1} the same way from the end of the chunk, chunks from the last. No tensor of
 size (batch, D, N, L) is ever held: memory grows with L only through the (batch, D, L) inputs and outputs.
 
+Cost: on CPU the time goes into the passes over the (S, K, batch, N, D) working tensors of a chunk, each op a
+pass (the scans' steps cost mostly their launches). So each quantity of that size is made by one op where
+possible: a = 2^(dt A log2(e)) (exp2, about half the price of exp), the products of per-channel and per-state
+values by broadcasting, the sums over states or channels by batched matrix products, and dA accumulates
+dt_t z_t into one buffer across chunks, summed once. The work of size (batch, D) per token (x = dt u, the D
+skip, the gate in forward, the softplus derivative, dD, d delta_bias) is done chunk by chunk while the chunk is
+in cache, and the results go chunk by chunk straight into the (batch, D, L) outputs, without full-length
+temporaries.
+
 Layout: inside, tensors are time-major and working tensors are (S, K, batch, N, D). A step is one contiguous
 block, and channels are innermost, so that the products of per-channel values (dt, u) with per-state ones
 (A, B, C) are vectorised along D and the sums over the N states are small matrix products. The (batch, D, L)
-inputs and outputs are converted once each way, as 2-D transposes.
+inputs are converted once, as 2-D transposes; the outputs are written chunk by chunk through time-major views.
 
 Layers: layout, scans and chunk math (`_scan_chunk`, `_adjoint_chunk`, ...) -> launchers looping over chunks
 (`_forward`, `_backward`) -> `SelectiveScanFunction` -> `selective_scan_torch`, called by
@@ -35,20 +45,28 @@ import torch
 import torch.nn.functional as F
 
 # The chunk length T is the largest power of two for which one (T, batch, D, N) working tensor holds at most
-# CHUNK_BUDGET_ELEMENTS elements (backward keeps three such tensors), clamped to [MIN_CHUNK, MAX_CHUNK].
-# On CPU the budget trades the cache misses of large chunks against the fixed ops of each chunk (measured on a
-# 2-core x86 CPU); GPUs want fewer, larger chunks (the time goes into kernel launches).
-CHUNK_BUDGET_ELEMENTS = {'cpu': 2**21, 'accelerator': 2**25}
+# CHUNK_BUDGET_ELEMENTS elements (backward keeps four such tensors), clamped to [MIN_CHUNK, MAX_CHUNK].
+# On CPU the budget trades the cache misses of large chunks against the fixed ops of each chunk: 4 MiB per
+# tensor beat 2 and 8 MiB by up to 10 % on a 2-core x86 CPU sharing a 32 MiB L3; GPUs want fewer, larger chunks
+# (the time goes into kernel launches).
+CHUNK_BUDGET_ELEMENTS = {'cpu': 2**20, 'accelerator': 2**25}
 MIN_CHUNK = 16
 MAX_CHUNK = 2048
 # A chunk is cut into as few blocks as make one step of all of them at least STEP_ELEMENTS state elements
-# (an op on fewer costs mostly its launch; on CPU 2**16 also spreads each op over the threads), keeping blocks
-# of at least MIN_BLOCK tokens.
-STEP_ELEMENTS = {'cpu': 2**16, 'accelerator': 2**20}
+# (an op on fewer costs mostly its launch), keeping blocks of at least MIN_BLOCK tokens; unless one token holds
+# WIDE_STATE state elements: then an op on one token already spends much of its time on data, and blocks,
+# which double the elementwise work (two passes), measured slower on CPU: the chunk is one block, scanned
+# token by token.
+STEP_ELEMENTS = {'cpu': 2**15, 'accelerator': 2**20}
+WIDE_STATE = {'cpu': 2**12, 'accelerator': 2**20}
 MIN_BLOCK = 8
 # The scans over blocks run as a loop up to this length: fewer ops than the log-depth recursion, which takes
 # over above it (the many blocks of a GPU chunk) and ends in the loop.
 SEQUENTIAL_SCAN = 32
+LOG2_E = 1 / math.log(2)
+# The steps of the passes, ops that cost mostly their launch, run in inference mode, which skips autograd's
+# dispatch: about a sixth of such an op's cost on CPU. They only write working buffers, never an output.
+_step_mode = torch.inference_mode
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,9 +141,12 @@ def _reverse_scan(a: torch.Tensor, b: torch.Tensor, g_end: torch.Tensor, out: to
 # Chunk math on working tensors (S, K, batch, N, D): token j of block k at [j, k]. Per-channel inputs are
 # (S, K, batch, D); B and C (S, K, batch, G, N), channel d using group d // (D // G).
 # ----------------------------------------------------------------------------------------------------
-def _decays(dt: torch.Tensor, A_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """a = exp(dt * A): dt (..., D), A_t (N, D) -> out (..., N, D)."""
-    return torch.mul(dt.unsqueeze(-2), A_t, out=out).exp_()
+def _decays(dt: torch.Tensor, A2_t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """a = exp(dt * A) = 2^(dt * A2), A2 = A log2(e): dt (..., D), A2_t (N, D) -> out (..., N, D).
+
+    exp2 costs about half of exp on CPU (AVX2); scaling A once moves the exponent by a rounding of A.
+    """
+    return torch.mul(dt.unsqueeze(-2), A2_t, out=out).exp2_()
 
 
 def _outer(x: torch.Tensor, bc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -156,10 +177,10 @@ def _sum_channels(w: torch.Tensor, h: torch.Tensor, groups: int) -> torch.Tensor
     return torch.matmul(w.unflatten(-1, (groups, -1)).unsqueeze(-2), per_group.transpose(-1, -2)).squeeze(-2)
 
 
-def _block_decay(dt: torch.Tensor, A_t: torch.Tensor) -> torch.Tensor:
-    """exp(A * sum_j dt_j) over the tokens of each block: dt (S, K, batch, D), A_t (N, D) -> (K, batch, N, D)."""
+def _block_decay(dt: torch.Tensor, A2_t: torch.Tensor) -> torch.Tensor:
+    """exp(A * sum_j dt_j) over the tokens of each block: dt (S, K, batch, D), A2_t (N, D) -> (K, batch, N, D)."""
     summed = dt.sum(0)
-    return _decays(summed, A_t, out=summed.new_empty(*summed.shape[:-1], *A_t.shape))
+    return _decays(summed, A2_t, out=summed.new_empty(*summed.shape[:-1], *A2_t.shape))
 
 
 class _Steps:
@@ -173,34 +194,38 @@ class _Steps:
         self.trailing = tensor[:, 1:].unbind(0)
 
 
-def _scan_chunk(a: _Steps, h: _Steps, dt: torch.Tensor, A_t: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
+def _scan_chunk(a: _Steps, h: _Steps, dt: torch.Tensor, A2_t: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
     """The states of one chunk, in place: h holds b_t on entry and h_t on return (see the module docstring).
 
     Args:
         a, h: (S, K, batch, N, D) decays and drives.
         dt: (S, K, batch, D), for the blocks' total decays.
-        A_t: (N, D).
+        A2_t: (N, D), A log2(e).
         h_in: (batch, N, D), the state entering the chunk.
 
     Returns:
         The state entering each block, (K, batch, N, D).
     """
-    entry = h_in.new_empty(h.tensor.shape[1:])
-    entry[0] = h_in
-    if entry.shape[0] > 1:
+    if h.tensor.shape[1] == 1:
+        entry = h_in.unsqueeze(0)
+    else:
+        entry = h_in.new_empty(h.tensor.shape[1:])
+        entry[0] = h_in
         # Pass 1: end states of blocks 0 .. K-2 from zero (pass 2 needs no end state of the last block).
         end = h.leading[0].clone()
-        for a_j, b_j in zip(a.leading[1:], h.leading[1:]):
-            torch.addcmul(b_j, a_j, end, out=end)
-        _scan(_block_decay(dt[:, :-1], A_t), end, h_in, out=entry[1:])
+        with _step_mode():
+            for a_j, b_j in zip(a.leading[1:], h.leading[1:]):
+                torch.addcmul(b_j, a_j, end, out=end)
+        _scan(_block_decay(dt[:, :-1], A2_t), end, h_in, out=entry[1:])
     # Pass 2: every block from its entering state.
     h.all[0].addcmul_(a.all[0], entry)
-    for j in range(1, len(h.all)):
-        h.all[j].addcmul_(a.all[j], h.all[j - 1])
+    with _step_mode():
+        for h_j, a_j, h_prev in zip(h.all[1:], a.all[1:], h.all):
+            h_j.addcmul_(a_j, h_prev)
     return entry
 
 
-def _adjoint_chunk(a: _Steps, g: _Steps, dt: torch.Tensor, A_t: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
+def _adjoint_chunk(a: _Steps, g: _Steps, dt: torch.Tensor, A2_t: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
     """The adjoint states of one chunk, in place: g holds C_t dy_t on entry and g_t on return.
 
     g_t = C_t dy_t + a_{t+1} g_{t+1}, where the term of the token after the chunk, g_out = a_{T} g_{T}, is given.
@@ -208,30 +233,35 @@ def _adjoint_chunk(a: _Steps, g: _Steps, dt: torch.Tensor, A_t: torch.Tensor, g_
     a reverse scan over the blocks gives the term entering each block's last token from the right, pass 2 writes g.
 
     Args:
-        a, g: (S, K, batch, N, D). dt: (S, K, batch, D). A_t: (N, D).
+        a, g: (S, K, batch, N, D). dt: (S, K, batch, D). A2_t: (N, D), A log2(e).
         g_out: (batch, N, D).
 
     Returns:
         The term that this chunk passes to the token before it, a_0 g_0 (batch, N, D).
     """
-    right = g_out.new_empty(g.tensor.shape[1:])  # enters the last token of each block from the right
-    right[-1] = g_out
-    if right.shape[0] > 1:
+    if g.tensor.shape[1] == 1:
+        right = g_out.unsqueeze(0)  # enters the last token of each block from the right
+    else:
+        right = g_out.new_empty(g.tensor.shape[1:])
+        right[-1] = g_out
         first = g.trailing[-1].clone()  # pass 1 over blocks 1 .. K-1, from their last token to their first
-        for a_next, c_j in zip(a.trailing[:0:-1], g.trailing[-2::-1]):
-            torch.addcmul(c_j, a_next, first, out=first)
+        with _step_mode():
+            for a_next, c_j in zip(a.trailing[:0:-1], g.trailing[-2::-1]):
+                torch.addcmul(c_j, a_next, first, out=first)
         # right_k = a0_{k+1} (first_{k+1} + decay_{k+1} right_{k+1}), decay from a block's token 1 to its end
         a_first = a.all[0][1:]
-        decay = _block_decay(dt[1:, 1:], A_t).mul_(a_first)
+        decay = _block_decay(dt[1:, 1:], A2_t).mul_(a_first)
         _reverse_scan(decay, first.mul_(a_first), g_out, out=right[:-1])
     g.all[-1].add_(right)
-    for j in range(len(g.all) - 2, -1, -1):
-        g.all[j].addcmul_(a.all[j + 1], g.all[j + 1])
+    with _step_mode():
+        for g_j, a_next, g_next in zip(g.all[-2::-1], a.all[:0:-1], g.all[:0:-1]):
+            g_j.addcmul_(a_next, g_next)
     return a.all[0][0] * g.all[0][0]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launchers: loop over chunks, hand out working tensors, write the outputs. All time-major.
+# Launchers: loop over chunks, hand out working tensors, write the outputs. All time-major (the outputs through
+# time-major views of the (batch, D, L) results).
 # ----------------------------------------------------------------------------------------------------
 Chunk = Tuple[int, int, int]  # (first token, S steps, K blocks): tokens first .. first + S * K - 1
 
@@ -250,10 +280,22 @@ def _plan(length: int, chunk: int, block: int) -> List[Chunk]:
     return chunks
 
 
-def _view(x: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-    """The tokens of `chunk` of a time-major tensor (L, ...), step-major: (S, K, ...), a view."""
-    start, steps, blocks = chunk
-    return x[start:start + steps * blocks].unflatten(0, (blocks, steps)).transpose(0, 1)
+def _views(x: torch.Tensor, chunks: Sequence[Chunk]) -> List[torch.Tensor]:
+    """The tokens of every chunk of a time-major tensor (L, ...), step-major: views (S, K, ...).
+
+    A view costs about as much as a small op, so each run of chunks of one shape is cut by a single unbind.
+    """
+    views: List[torch.Tensor] = []
+    first = 0
+    while first < len(chunks):
+        start, steps, blocks = chunks[first]
+        end = first
+        while end < len(chunks) and chunks[end][1:] == (steps, blocks):
+            end += 1
+        tokens = x[start:start + (end - first) * steps * blocks]
+        views += tokens.unflatten(0, (end - first, blocks, steps)).transpose(1, 2).unbind(0)
+        first = end
+    return views
 
 
 class _Workspace:
@@ -273,78 +315,112 @@ class _Workspace:
 
 
 def _forward(u: torch.Tensor, dt: torch.Tensor, A_t: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             chunks: Sequence[Chunk]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scan without the D skip and the z gate.
+             D: Optional[torch.Tensor], z: Optional[torch.Tensor], chunks: Sequence[Chunk],
+             out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The scan, with the D skip and the z gate, written chunk by chunk into `out`.
 
     Args:
-        u, dt: (L, batch, D). A_t: (N, D), A transposed. B, C: (L, batch, G, N) (G may differ between B and C).
+        u: (L, batch, D), any dtype. dt: (L, batch, D). A_t: (N, D), A transposed. B, C: (L, batch, G, N) (G may
+            differ between B and C). D: (D,) or None. z: (L, batch, D), any dtype, or None. All but u and z in the
+            compute dtype.
         chunks: from `_plan`.
+        out: (L, batch, D), any dtype and strides (a time-major view of the (batch, D, L) result): receives
+            y_t = sum_n C_t h_t + D u_t, times silu(z_t).
 
     Returns:
-        y (L, batch, D) = sum_n C_t h_t; the last state (batch, N, D); the states entering each chunk
-        (num_chunks, batch, N, D).
+        The last state (batch, N, D); the states entering each chunk (num_chunks, batch, N, D); with a gate, the
+        ungated output (L, batch, D), which the gradient of z needs, else None.
     """
     _, batch, dim = u.shape
+    dtype = dt.dtype
     state_shape = (batch, A_t.shape[0], dim)
-    x = dt * u
-    y = torch.empty_like(u)
-    chunk_states = u.new_empty(len(chunks), *state_shape)
-    h = u.new_zeros(state_shape)
-    workspace = _Workspace(2, chunks, state_shape, u)
-    for i, chunk in enumerate(chunks):
-        chunk_states[i] = h
+    A2_t = A_t * LOG2_E
+    ungated = None if z is None else torch.empty_like(dt)
+    chunk_states = dt.new_empty(len(chunks) + 1, *state_shape)  # and the last state
+    chunk_states[0] = 0
+    workspace = _Workspace(2, chunks, state_shape, dt)
+    views = [_views(t, chunks) if t is not None else [None] * len(chunks) for t in (dt, u, B, C, z, ungated, out)]
+    for i, (chunk, dt_c, u_c, B_c, C_c, z_c, ungated_c, out_c) in enumerate(zip(chunks, *views)):
         a, states = workspace(chunk)
-        dt_c = _view(dt, chunk)
-        _decays(dt_c, A_t, out=a.tensor)
-        _outer(_view(x, chunk), _view(B, chunk), out=states.tensor)
-        _scan_chunk(a, states, dt_c, A_t, h)
-        h = states.all[-1][-1].clone()
-        _view(y, chunk).copy_(_sum_states(states.tensor, _view(C, chunk)))
-    return y, h, chunk_states
+        u_c = u_c.to(dtype)
+        _decays(dt_c, A2_t, out=a.tensor)
+        _outer(dt_c * u_c, B_c, out=states.tensor)
+        _scan_chunk(a, states, dt_c, A2_t, chunk_states[i])
+        chunk_states[i + 1] = states.all[-1][-1]
+        y = _sum_states(states.tensor, C_c)
+        if D is not None:
+            y.addcmul_(u_c, D)
+        if z is not None:
+            ungated_c.copy_(y)
+            y.mul_(F.silu(z_c.to(dtype)))
+        out_c.copy_(y)
+    h = chunk_states[-1]
+    chunk_states = chunk_states[:-1]
+    return h, chunk_states, ungated
 
 
 def _backward(dy: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, dt: torch.Tensor,
-              A_t: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_states: torch.Tensor,
-              chunks: Sequence[Chunk]) -> Tuple[torch.Tensor, ...]:
-    """Gradients of `_forward` given dy (L, batch, D) and the last state's gradient (batch, N, D) or None.
+              A_t: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+              chunk_states: torch.Tensor, chunks: Sequence[Chunk], softplus: bool, du: torch.Tensor,
+              ddt: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of `_forward` (without the gate) given dy (L, batch, D) and the last state's gradient
+    (batch, N, D) or None.
 
     With g_t the gradient reaching h_t and z_t = g_t a_t h_{t-1} the gradient reaching log a_t = dt_t A::
 
-        du_t = dt_t sum_n g_t B_t          ddt_t = u_t sum_n g_t B_t + sum_n A z_t
-        dA   = sum_{batch,t} dt_t z_t
+        du_t = dt_t sum_n g_t B_t + D dy_t          ddt_t = u_t sum_n g_t B_t + sum_n A z_t
+        dA   = sum_{batch,t} dt_t z_t               dD = sum_{batch,t} u_t dy_t
         dB_t = sum_{d in group} g_t dt_t u_t        dC_t = sum_{d in group} h_t dy_t
 
+    and, with softplus, ddt_t is taken through it to the gradient of delta + delta_bias: d softplus(v) / dv =
+    sigmoid(v) = 1 - exp(-dt).
+
+    Args:
+        u: (L, batch, D), any dtype; the others as in `_forward`.
+        du, ddt: (L, batch, D), any dtype and strides (time-major views of the (batch, D, L) gradients): receive
+            the gradients of u and of delta (+ delta_bias), chunk by chunk.
+
     Returns:
-        du, ddt (L, batch, D); dA_t (N, D); dB, dC shaped like B, C.
+        dA_t (N, D); dB, dC shaped like B, C; dD (D,) or None; the sum of ddt over batch and tokens (D,).
     """
-    x = dt * u
-    du, ddt, dB, dC = torch.empty_like(u), torch.empty_like(u), torch.empty_like(B), torch.empty_like(C)
-    dA_t = torch.zeros_like(A_t)
-    g_out = dlast if dlast is not None else u.new_zeros(chunk_states.shape[1:])
-    workspace = _Workspace(3, chunks, chunk_states.shape[1:], u)
-    for i in reversed(range(len(chunks))):
-        chunk = chunks[i]
-        a, h, g = workspace(chunk)
-        dt_c, u_c, x_c, dy_c, B_c, C_c = (_view(t, chunk) for t in (dt, u, x, dy, B, C))
-        _decays(dt_c, A_t, out=a.tensor)
+    dtype = dt.dtype
+    dB, dC = torch.empty_like(B), torch.empty_like(C)
+    dD = None if D is None else dt.new_zeros(dt.shape[-1])
+    ddt_sum = dt.new_zeros(dt.shape[-1])
+    A2_t = A_t * LOG2_E
+    g_out = dlast if dlast is not None else dt.new_zeros(chunk_states.shape[1:])
+    workspace = _Workspace(4, chunks, chunk_states.shape[1:], dt)
+    z_dt = workspace.buffers[3].zero_()  # sum over the chunks of dt_t z_t, reduced to dA once at the end
+    views = zip(chunks, chunk_states, *(_views(t, chunks) for t in (dt, dy, u, B, C, du, ddt, dB, dC)))
+    for chunk, h_in, dt_c, dy_c, u_c, B_c, C_c, du_c, ddt_c, dB_c, dC_c in reversed(list(views)):
+        a, h, g, z_dt_c = workspace(chunk)
+        u_c = u_c.to(dtype)
+        x_c = dt_c * u_c
+        _decays(dt_c, A2_t, out=a.tensor)
         _outer(x_c, B_c, out=h.tensor)
-        entry = _scan_chunk(a, h, dt_c, A_t, chunk_states[i])
+        entry = _scan_chunk(a, h, dt_c, A2_t, h_in)
         _outer(dy_c, C_c, out=g.tensor)
-        g_out = _adjoint_chunk(a, g, dt_c, A_t, g_out)
+        g_out = _adjoint_chunk(a, g, dt_c, A2_t, g_out)
 
         g_B = _sum_states(g.tensor, B_c)
-        torch.mul(dt_c, g_B, out=_view(du, chunk))
-        _view(dB, chunk).copy_(_sum_channels(x_c, g.tensor, B.shape[2]))
-        _view(dC, chunk).copy_(_sum_channels(dy_c, h.tensor, C.shape[2]))
+        dB_c.copy_(_sum_channels(x_c, g.tensor, B.shape[2]))
+        dC_c.copy_(_sum_channels(dy_c, h.tensor, C.shape[2]))
         z = a.tensor.mul_(g.tensor)  # z_t = g_t a_t h_{t-1}, in the place of a
         z[1:].mul_(h.tensor[:-1])
         z[0].mul_(entry)
-        ddt_c = u_c * g_B
-        for z_n, A_n in zip(z.unbind(-2), A_t):
-            ddt_c.addcmul_(z_n, A_n)
-        _view(ddt, chunk).copy_(ddt_c)
-        dA_t += torch.mul(z, dt_c.unsqueeze(-2), out=h.tensor).sum((0, 1, 2))
-    return du, ddt, dA_t, dB, dC
+        z_dt_c.tensor.addcmul_(z, dt_c.unsqueeze(-2))
+        ddt_z = torch.mul(z, A_t, out=h.tensor).sum(-2).addcmul_(u_c, g_B)  # the product into h, free now
+        if softplus:
+            ddt_z.mul_(dt_c.neg().expm1_()).neg_()
+        ddt_sum += ddt_z.sum((0, 1, 2))
+        ddt_c.copy_(ddt_z)
+        du_z = g_B.mul_(dt_c)
+        if D is not None:
+            du_z.addcmul_(dy_c, D)
+            dD += (dy_c * u_c).sum((0, 1, 2))
+        du_c.copy_(du_z)
+    dA_t = z_dt.view(-1, *A_t.shape).sum(0)
+    return dA_t, dB, dC, dD, ddt_sum
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,27 +448,22 @@ class SelectiveScanFunction(torch.autograd.Function):
         z_t = None if z is None else _time_major(z)
         chunks = _plan(u.shape[-1], chunk, block)
         dt = _time_step(delta_t.to(dtype), None if delta_bias is None else delta_bias.to(dtype), delta_softplus)
-        u_c = u_t.to(dtype)
-        y, last_state, chunk_states = _forward(u_c, dt, A.to(dtype).t().contiguous(), B_t.to(dtype), C_t.to(dtype),
-                                               chunks)
-        if D is not None:
-            y.addcmul_(u_c, D.to(dtype))
-        out = y if z_t is None else y * F.silu(z_t.to(dtype))
-        # With a gate, keep the ungated output for dz: (L, batch, D), like an input.
+        out = u.new_empty(u.shape)
+        last_state, chunk_states, y = _forward(u_t, dt, A.to(dtype).t().contiguous(), B_t.to(dtype), C_t.to(dtype),
+                                               None if D is None else D.to(dtype), z_t, chunks, out.movedim(-1, 0))
+        # With a gate, y is the ungated output, kept for dz: (L, batch, D), like an input.
         saves_dt = delta.dtype == dtype
-        ctx.save_for_backward(u_t, dt if saves_dt else delta_t, A, B_t, C_t, D, z_t, delta_bias, chunk_states,
-                              None if z is None else y)
+        ctx.save_for_backward(u_t, dt if saves_dt else delta_t, A, B_t, C_t, D, z_t, delta_bias, chunk_states, y)
         ctx.delta_softplus, ctx.chunks, ctx.saves_dt, ctx.dtype = delta_softplus, chunks, saves_dt, dtype
         ctx.input_dtypes = (delta.dtype, B.dtype, C.dtype)
         ctx.set_materialize_grads(False)
-        return _sequence_last(out, u.dtype), last_state.transpose(1, 2).contiguous()
+        return out, last_state.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u_t, dt, A, B_t, C_t, D, z_t, delta_bias, chunk_states, y = ctx.saved_tensors
         dtype, (delta_dtype, B_dtype, C_dtype) = ctx.dtype, ctx.input_dtypes
-        u = u_t.to(dtype)
-        dy = torch.zeros_like(u) if dout is None else _time_major(dout).to(dtype)
+        dy = dt.new_zeros(u_t.shape) if dout is None else _time_major(dout).to(dtype)
         dz = None
         if z_t is not None:
             z = z_t.to(dtype)
@@ -402,17 +473,15 @@ class SelectiveScanFunction(torch.autograd.Function):
         if not ctx.saves_dt:
             dt = _time_step(dt.to(dtype), None if delta_bias is None else delta_bias.to(dtype), ctx.delta_softplus)
         dlast = None if dlast is None else dlast.transpose(1, 2).contiguous()
-        du, ddt, dA_t, dB, dC = _backward(dy, dlast, u, dt, A.to(dtype).t().contiguous(), B_t.to(dtype),
-                                          C_t.to(dtype), chunk_states, ctx.chunks)
-        dD = None
-        if D is not None:
-            du.addcmul_(dy, D.to(dtype))
-            dD = (dy * u).sum((0, 1)).to(D.dtype)
-        if ctx.delta_softplus:  # d softplus(v) / dv = sigmoid(v) = 1 - exp(-softplus(v))
-            ddt.mul_(torch.expm1(dt.neg())).neg_()
-        ddelta_bias = None if delta_bias is None else ddt.sum((0, 1)).to(delta_bias.dtype)
-        return (_sequence_last(du, u_t.dtype), _sequence_last(ddt, delta_dtype), dA_t.t().to(A.dtype),
-                _sequence_last(dB, B_dtype), _sequence_last(dC, C_dtype), dD, dz, ddelta_bias, None, None, None)
+        shape = (*u_t.shape[1:], u_t.shape[0])
+        du, ddelta = u_t.new_empty(shape), u_t.new_empty(shape, dtype=delta_dtype)
+        dA_t, dB, dC, dD, ddelta_bias = _backward(
+            dy, dlast, u_t, dt, A.to(dtype).t().contiguous(), B_t.to(dtype), C_t.to(dtype),
+            None if D is None else D.to(dtype), chunk_states, ctx.chunks, ctx.delta_softplus, du.movedim(-1, 0),
+            ddelta.movedim(-1, 0))
+        return (du, ddelta, dA_t.t().to(A.dtype), _sequence_last(dB, B_dtype), _sequence_last(dC, C_dtype),
+                None if D is None else dD.to(D.dtype), dz,
+                None if delta_bias is None else ddelta_bias.to(delta_bias.dtype), None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -429,8 +498,10 @@ def chunk_length(batch: int, dim: int, state_size: int, length: int, device_type
 def block_length(chunk: int, state_width: int, device_type: str = 'cpu') -> int:
     """The block length S of chunks of `chunk` tokens with `state_width` = batch * D * N state elements per
     token: the chunk is cut into K = chunk // S blocks, as few as give a step of STEP_ELEMENTS."""
-    step = STEP_ELEMENTS['cpu' if device_type == 'cpu' else 'accelerator']
-    blocks = max(1, min(-(-step // max(state_width, 1)), chunk // MIN_BLOCK))
+    device = 'cpu' if device_type == 'cpu' else 'accelerator'
+    if state_width >= WIDE_STATE[device]:
+        return chunk
+    blocks = max(1, min(-(-STEP_ELEMENTS[device] // max(state_width, 1)), chunk // MIN_BLOCK))
     return max(1, chunk // blocks)
 
 
