@@ -24,3 +24,7 @@ if importlib.util.find_spec('mmengine') is not None:
     from .checkpoint.safe_load import patch_mmengine_on_import
 
     patch_mmengine_on_import()
+
+from .compat import guard_mmpretrain_multimodal  # noqa: E402
+
+guard_mmpretrain_multimodal()

@@ -11,7 +11,6 @@ and adds an explicit allow-list (:data:`_SAFE_GLOBAL_GROUPS`, extendable with :f
 import _compat_pickle
 import errno
 import functools
-import importlib.abc
 import importlib.util
 import io
 import os
@@ -19,7 +18,6 @@ import os.path as osp
 import pickle
 import re
 import struct
-import sys
 import threading
 import zipfile
 from tempfile import TemporaryDirectory
@@ -27,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 import torch
+
+from ..import_hooks import after_import
 
 __all__ = [
     'CorruptCheckpointError', 'UnsafeCheckpointError', 'patch_mmengine', 'patch_mmengine_on_import',
@@ -442,34 +442,15 @@ def patch_mmengine() -> bool:
 _MMENGINE_CHECKPOINT = 'mmengine.runner.checkpoint'
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when ``mmengine.runner.checkpoint`` is imported, lets the usual finders find it and
-    makes its loader run :func:`patch_mmengine` right after the module's code, before anyone can use it."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _MMENGINE_CHECKPOINT:
-            return None
-        sys.meta_path.remove(self)  # once; also keeps the find_spec below from coming back here
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            exec_module = spec.loader.exec_module
-
-            def exec_and_patch(module):
-                exec_module(module)
-                patch_mmengine()
-
-            spec.loader.exec_module = exec_and_patch
-        return spec
-
-
 def patch_mmengine_on_import() -> None:
     """:func:`patch_mmengine` now if mmengine's checkpoint module is imported, else as soon as it is.
 
     ``import mmmv`` calls this: importing ``mmengine.runner`` costs over a second (it imports mmengine's optimisers and
     torch.distributed), which a user of the models alone should not pay; nothing can load a checkpoint through
     mmengine before importing that module, so patching it on import is as safe as patching it at once."""
-    if _MMENGINE_CHECKPOINT in sys.modules:
-        patch_mmengine()
-    elif importlib.util.find_spec('mmengine') is not None and \
-            not any(isinstance(finder, _PatchAfterImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchAfterImport())
+    if importlib.util.find_spec('mmengine') is not None:
+        after_import(_MMENGINE_CHECKPOINT, _patch_module)
+
+
+def _patch_module(module) -> None:
+    patch_mmengine()

@@ -10,7 +10,9 @@ triton / mamba_ssm and triton / HBM floor, the floor being the bytes that must m
 bandwidth of a large device-to-device copy, --measure-bandwidth): u, delta, B, C read and y written forward; the
 backward reads them again with dy and writes du, ddelta, dB, dC. Inputs follow ANCHORS.md: u, delta, B, C normal
 (delta scaled 0.5), A = -(0.5 + uniform), D and delta_bias normal, softplus on, z off, B and C shared; each timed
-call takes the next of --sets input sets, so that the L2 cache does not flatter the small cases.
+call takes the next of --sets input sets, so that the L2 cache does not flatter the small cases. The kernel times
+are taken after every wall and host time: torch.profiler leaves CUPTI attached (pytorch/pytorch#144455), which
+slows every later launch.
 
 Loop section (--loop, --loop-only): the torch backend against the usual PyTorch reference, a float32 Python loop
 over tokens vectorised over batch, channels and states (mamba_ssm's `selective_scan_ref`, written with `unbind`
@@ -255,30 +257,35 @@ def gpu_tables(args, device) -> List[dict]:
     bandwidth = measured_bandwidth(device) if args.measure_bandwidth else args.bandwidth
     print(f'HBM floor at {bandwidth / 1e12:.2f} TB/s ({"measured" if args.measure_bandwidth else "given"})\n')
     backends = {'triton': mmmv_scan('triton'), 'torch': mmmv_scan('torch'), 'mamba_ssm': mamba_ssm_scan()}
-    rows = []
-    for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
-        errors = {}
-        dtype_rows = []
-        for key in args.cases:
-            case = GPU_CASES[key]
-            row = dict(case=key, shape=list(case[1:]), dtype=dtype_name, floor_ms={}, **{t: {} for t in TIMINGS})
+    table = {(dtype_name, key): dict(case=key, shape=list(GPU_CASES[key][1:]), dtype=dtype_name, floor_ms={},
+                                     **{t: {} for t in TIMINGS})
+             for dtype_name in args.dtypes for key in args.cases}
+    errors = {dtype_name: {} for dtype_name in args.dtypes}
+    # torch.profiler leaves CUPTI attached (pytorch/pytorch#144455), which adds host time to every later launch:
+    # every wall and host time is taken first, the profiled kernel times after them
+    for timings in ([t for t in args.timings if t != 'kernel_ms'], [t for t in args.timings if t == 'kernel_ms']):
+        if not timings:
+            continue
+        for (dtype_name, key), row in table.items():
+            dtype, case = getattr(torch, dtype_name), GPU_CASES[key]
             for mode in args.modes:
                 sets = [make_inputs(case, dtype, device, mode != 'fwd', seed) for seed in range(args.sets)]
                 row['floor_ms'][mode] = 1e3 * floor_bytes(case, sets[0]['u'].element_size(), mode) / bandwidth
                 for backend, scan in backends.items():
-                    for timing in args.timings:
+                    for timing in timings:
                         ms = None
                         if scan is not None:
                             try:
                                 ms = TIMINGS[timing][1](rotating([make_call(scan, inputs, mode) for inputs in sets]))
                             except Exception as error:  # noqa: BLE001 - reported under the table as 'n/a'
-                                errors.setdefault(backend, f'{type(error).__name__}: {error}')
+                                errors[dtype_name].setdefault(backend, f'{type(error).__name__}: {error}')
                         row[timing][f'{backend} {mode}'] = ms
                 del sets
                 torch.cuda.empty_cache()
-            dtype_rows.append(row)
-            print(f'  timed {key} {dtype_name}', file=sys.stderr, flush=True)
+            print(f'  timed {key} {dtype_name} ({", ".join(timings)})', file=sys.stderr, flush=True)
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype_rows = [table[dtype_name, key] for key in args.cases]
         for timing in args.timings:
             header = ['case', '(batch, D, L, N)']
             header += [f'{backend} {mode}' for mode in args.modes for backend in backends]
@@ -291,7 +298,7 @@ def gpu_tables(args, device) -> List[dict]:
             for row in dtype_rows:
                 print('| ' + ' | '.join(_gpu_cells(row, row[timing], backends, args.modes, timing != 'host_ms')) + ' |')
             print()
-        for backend, error in errors.items():
+        for backend, error in errors[dtype_name].items():
             print(f'{backend} n/a: {error.splitlines()[0][:300]}\n')
         rows += dtype_rows
     return rows
