@@ -1,6 +1,8 @@
 """tools/analysis/benchmark_official.py on the CPU: argument checks, the loss, the parity measure, and one tiny run of the
 official MambaVision (mmmv's torch scan standing in for mamba_ssm) against mmmv with its converted weights. The timed
 comparisons themselves are GPU measurements (docs/benchmarks.md)."""
+import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -76,3 +78,16 @@ def test_tiny_official_mambavision_run_and_report(tmp_path):
     assert difference < 1e-5
     report = subprocess.run([sys.executable, SCRIPT, 'report', str(out)], capture_output=True, text=True, cwd=REPO)
     assert report.returncode == 0 and '| MambaVision-T | mmmv | infer | float32 | 2, 32 |' in report.stdout
+
+
+@pytest.mark.parametrize('no_gc', [False, True])
+def test_no_gc_turns_the_collector_off_during_the_timed_calls_only(no_gc):
+    model = nn.Linear(4, 2)
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(gc.isenabled()))
+    args = argparse.Namespace(warmup=1, steps=2, gpu_busy=False, no_gc=no_gc)
+    assert gc.isenabled()
+    row = benchmark_official.time_work(model, 'infer', torch.randn(3, 4), None, None, None, None, args)
+    assert seen == [not no_gc] * 3 and gc.isenabled() and row['median_ms'] >= 0
+    assert benchmark_official.parse_args(['mambavision', '--no-gc']).no_gc
+    assert not benchmark_official.parse_args(['mambavision']).no_gc

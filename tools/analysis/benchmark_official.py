@@ -19,9 +19,11 @@ Work (``--works``): ``train``: one optimisation step (forward, loss, backward, A
 ``--gpu-busy`` (on a GPU) the note also gives the share of that time the GPU is busy (its kernel time over three more
 calls after three warm-up ones, torch.profiler, as `benchmark_selective_scan.kernel_ms` measures it): below 100%, the
 step waits for the host. Off by default: once the profiler has run, CUPTI stays attached to the process
-(pytorch/pytorch#144455) and every later row's host time grows (on an H200, MambaVision-T's mmmv train step took
-66.6 ms after the official row's profile, 49.1 ms in a process of its own), so a side-by-side run must not profile;
-profile in a run of its own.
+(pytorch/pytorch#144455) and every later row's host time grows, so a side-by-side run must not profile; profile in a
+run of its own. (On an H200, MambaVision-T's mmmv train step took 66.6 ms after the official row's profile and 49.1
+ms in a process of its own; a later one-process run without the profiler gave 65.7 ms again, so the profiler was not
+the whole cause: compare rows from separate processes too, `report`.) ``--no-gc`` turns Python's garbage collector off during each row's timed calls (after a
+collection), as ``timeit`` does, so that no collection pause lands in one implementation's calls and not another's.
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
@@ -285,7 +287,14 @@ def time_work(model: nn.Module, work: str, images: torch.Tensor, target: torch.T
 
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    all_times = [timer(call) for _ in range(args.warmup + args.steps)]
+    if args.no_gc:  # as timeit does: no collection pauses inside the timed calls, for every implementation alike
+        gc.collect()
+        gc.disable()
+    try:
+        all_times = [timer(call) for _ in range(args.warmup + args.steps)]
+    finally:
+        if args.no_gc:
+            gc.enable()
     times = all_times[args.warmup:]
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else float('nan')
     median = statistics.median(times)
@@ -461,6 +470,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument('--standin-scan', action='store_true',
                        help='without mamba_ssm, give the official code mmmv\'s torch scan (CPU checks only)')
         p.add_argument('--out', help='write the rows and the environment as JSON')
+        p.add_argument('--no-gc', action='store_true',
+                       help="Python's garbage collector off during the timed calls (collected before them)")
         p.add_argument('--gpu-busy', action='store_true',
                        help='note the share of each step the GPU is busy (torch.profiler; slows the rows after it)')
         if family == 'mambavision':
