@@ -299,7 +299,7 @@ def time_work(model: nn.Module, work: str, images: torch.Tensor, target: torch.T
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == 'cuda' else float('nan')
     median = statistics.median(times)
     result = dict(median_ms=median, min_ms=min(times), images_per_s=images.shape[0] / median * 1e3, peak_gib=peak,
-                  first_call_ms=all_times[0])
+                  first_call_ms=all_times[0], times_ms=[round(t, 3) for t in times])  # in the JSON: spikes show
     if device.type == 'cuda' and args.gpu_busy:
         # the scan benchmark's GPU kernel time: every kernel, copy and fill of a call (torch.profiler), without the
         # gaps between them; over the wall time, the share of the step the GPU is busy (the rest it waits for the host)
@@ -469,7 +469,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument('--device', default='cuda', help="'cpu' only for checking the script")
         p.add_argument('--standin-scan', action='store_true',
                        help='without mamba_ssm, give the official code mmmv\'s torch scan (CPU checks only)')
-        p.add_argument('--out', help='write the rows and the environment as JSON')
+        p.add_argument('--out', help='write the rows (with every timed call, times_ms) and the environment as JSON')
         p.add_argument('--no-gc', action='store_true',
                        help="Python's garbage collector off during the timed calls (collected before them)")
         p.add_argument('--gpu-busy', action='store_true',
