@@ -22,8 +22,9 @@ step waits for the host. Off by default: once the profiler has run, CUPTI stays 
 (pytorch/pytorch#144455) and every later row's host time grows, so a side-by-side run must not profile; profile in a
 run of its own. (On an H200, MambaVision-T's mmmv train step took 66.6 ms after the official row's profile and 49.1
 ms in a process of its own; a later one-process run without the profiler gave 65.7 ms again, so the profiler was not
-the whole cause: compare rows from separate processes too, `report`.) ``--no-gc`` turns Python's garbage collector off during each row's timed calls (after a
-collection), as ``timeit`` does, so that no collection pause lands in one implementation's calls and not another's.
+the whole cause: compare rows from separate processes too, `report`.) ``--no-gc`` turns Python's garbage collector
+off during each row's timed calls (after a collection), as ``timeit`` does, so that no collection pause lands in one
+implementation's calls and not another's. ``--out`` keeps every timed call's ms (``times_ms``).
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
