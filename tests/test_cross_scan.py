@@ -383,3 +383,39 @@ def test_cross_scan_merge_errors():
         cross_merge(torch.randn(2, 3, 5, 6), 2, 3)
     with pytest.raises(ValueError, match=r'cross_merge: height \* width = 2 \* 2 = 4 does not match .* L = 6'):
         cross_merge(torch.randn(2, 4, 5, 6), 2, 2)
+
+
+@pytest.mark.parametrize('height, width, chunk_size, dtype', [(3, 5, 4, torch.float32), (5, 3, 2, torch.float32),
+                                                              (1, 7, None, torch.float32), (4, 6, 8, torch.bfloat16)])
+def test_fused_backward_in_scan_order_copies(height, width, chunk_size, dtype, monkeypatch):
+    """The rewrite that runs the four-direction backward as a plain grouped one on copies in scan order (what the
+    warp-layout backward does on CUDA; forced here, where it runs on the Triton backward): every gradient against
+    the reference, shapes and dtypes as the inputs'."""
+    from mmmv.ops.selective_scan import triton_backend
+
+    device = _triton_device()
+    rewrites = []
+    monkeypatch.setattr(triton_backend, '_cross_in_steps', lambda warp_k: rewrites.append(1) or True)
+    inputs = _on(device, make_inputs(height, width, batch=2, inner=3, dtype=dtype))
+    assert_matches_reference(inputs, height, width, run=_fused_run(chunk_size=chunk_size))
+    assert rewrites
+
+
+def test_fused_backward_in_scan_order_keeps_strides(monkeypatch):
+    """The rewrite's gradients have the in-place backward's shapes, strides and dtypes (the fake implementation
+    under torch.compile describes the in-place one) and its values, here with VSS's token-major u."""
+    from mmmv.ops.selective_scan import triton_backend
+
+    device = _triton_device()
+    x = {n: None if t is None else t.detach().to(device) for n, t in make_inputs(4, 6, batch=2, inner=3).items()}
+    x['u'] = x['u'].transpose(1, 2).contiguous().transpose(1, 2)
+    args = (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], None, x['delta_bias'])
+    _, _, states = triton_backend.scan_forward(*args, True, False, 4, None, 4)
+    dout = torch.randn_like(x['u'])
+    backward_args = (dout, None, *args, states, True, 4, None, 4)
+    in_place = triton_backend.scan_backward(*backward_args)
+    monkeypatch.setattr(triton_backend, '_cross_in_steps', lambda warp_k: True)
+    rewritten = triton_backend.scan_backward(*backward_args)
+    for name, a, b in zip(('du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'dz', 'dbias'), in_place, rewritten):
+        assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), name
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f'{name}: {m}')

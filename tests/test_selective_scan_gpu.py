@@ -93,6 +93,10 @@ CROSS_SIZES = {
 def test_fused_cross_scan_full_sizes(case, dtype):
     """The fused path against the unfused path on the torch backend in float64 (itself checked against a
     per-direction loop in test_cross_scan.py): output and every gradient."""
+    check_fused_cross_scan(case, dtype)
+
+
+def check_fused_cross_scan(case, dtype):
     from mmmv.ops import cross_selective_scan
     from test_cross_scan import GRAD_TOLERANCE_FACTORS, TOLERANCES
     from test_cross_scan import make_inputs as make_cross_inputs
@@ -156,3 +160,61 @@ def test_runs_on_the_inputs_device_not_the_current_one():
         results.append([t.cpu() for t in (y, *grads)])
     for on_1, on_0 in zip(*results[::-1]):
         torch.testing.assert_close(on_1, on_0, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The warp-layout backward (mmmv/ops/selective_scan/gluon_kernels.py), forced with MMMV_SCAN_BACKWARD=warp: at
+# batch 2 the default picks the Triton backward (too few programs for the warp one). Everything it covers: plain
+# and grouped B / C, the fused four directions, float32 and the narrow dtypes, the last state's gradient.
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def warp_backward(monkeypatch):
+    """Forces the warp-layout backward and counts its launches (a fallback to the Triton one would pass the
+    reference checks unnoticed)."""
+    from mmmv.ops.selective_scan import triton_backend
+
+    monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')
+    launches = []
+    launch = triton_backend._launch_warp_backward
+    monkeypatch.setattr(triton_backend, '_launch_warp_backward', lambda *a, **k: launches.append(1) or launch(*a, **k))
+    yield launches
+    assert triton_backend._Warp.failed is None, triton_backend._Warp.failed
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('case', sorted(set(FULL_SIZES) - {'long_65536'}))
+def test_warp_backward_full_sizes(case, dtype, warp_backward):
+    dim, length, state, groups, _ = FULL_SIZES[case]
+    inputs = make_inputs(batch=2, dim=dim, length=length, state=state, groups_B=groups, groups_C=groups, dtype=dtype,
+                         z=False, device='cuda')
+    assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+    assert warp_backward
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('case', sorted(CROSS_SIZES))
+def test_warp_backward_fused_cross_scan(case, dtype, warp_backward):
+    check_fused_cross_scan(case, dtype)
+    assert warp_backward
+
+
+@pytest.mark.parametrize('length', [1, 31, 33, 64, 65, 129, 300])
+def test_warp_backward_lengths(length, warp_backward):
+    """Every steps-per-lane choice (K = 1, 2, 4) and chunk ends that cut a lane, a warp and a sequence."""
+    inputs = make_inputs(batch=2, dim=12, length=length, state=16, device='cuda', z=False)
+    assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+    assert warp_backward
+
+
+def test_warp_backward_is_the_default_at_training_sizes():
+    from mmmv.ops.selective_scan import triton_backend
+
+    def k(batch, dim, length, state=16):
+        u = torch.empty(batch, dim, length, device='cuda')
+        B = torch.empty(batch, state, length, device='cuda')
+        cfg = triton_backend._config_for(u, B.unsqueeze(1), B.unsqueeze(1), None, None, 0)
+        return triton_backend._warp_backward_k(u, None, dim, dim, length, cfg, None, None, True)
+
+    assert k(32, 192, 4096) == 4 and k(128, 320, 49) == 2 and k(128, 320, 20) == 1
+    assert k(2, 160, 4200) == 0  # a detection input: too few programs, the Triton backward splits the sequence
+    assert k(128, 160, 196, state=8) == 0  # MambaVision: with 8 states the Triton backward is faster

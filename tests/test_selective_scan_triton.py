@@ -347,3 +347,16 @@ def test_flip_tokens_is_a_bit_exact_reversal():
         y = torch.empty_like(x)
         _flip_kernel[(1, )](x, y, tokens, 4, 2)
         assert torch.equal(y.view(torch.int32), x.flip(0).view(torch.int32)), tokens
+
+
+def test_backward_choice_is_checked(monkeypatch):
+    """MMMV_SCAN_BACKWARD picks the backward kernel on CUDA (tests/test_selective_scan_gpu.py runs both); a value
+    that is not a choice is an error that names them, not a silent default."""
+    inputs = make_inputs(length=8)
+    monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'fastest')
+    y = selective_scan(**inputs, delta_softplus=True, backend='triton')
+    with pytest.raises(ValueError, match="MMMV_SCAN_BACKWARD must be 'auto', 'warp' or 'triton'"):
+        y.sum().backward()
+    monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')  # on the CPU the Triton backward runs (Gluon has no interpreter)
+    selective_scan(**inputs, delta_softplus=True, backend='triton').sum().backward()
+    assert torch.isfinite(inputs['u'].grad).all()

@@ -12,12 +12,17 @@ H x W map, and the kernels find each direction's tokens in the raster-ordered in
 shared u once per direction without copies, and write each direction's output in raster order; the four are summed
 here. No permuted copy of anything is made.
 
+On CUDA, 16-state backwards run the warp-layout kernel of `gluon_kernels` instead (`_warp_backward_k` decides; the
+fused four-direction one on copies in scan order, `_cross_backward_in_steps`); CPU runs, z and small batches keep
+the Triton backward.
+
 Layers: launch configuration (`LaunchConfig`, `launch_config`) -> kernel launchers (`scan_forward`,
 `scan_backward`) -> custom ops -> `selective_scan_triton` (called by `interface.selective_scan`) and
 `cross_selective_scan_triton`.
 """
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -43,6 +48,15 @@ PROGRAMS_PER_SM = 4
 # (one per tile would triple the rows' memory there).
 MAX_PARTIAL_ROWS = 8
 DIRECTIONS = 4  # of a fused 2D scan
+# The warp-layout backward (`gluon_kernels`, CUDA only): BD channels per thread and NW warps per program; its chunks
+# are 32 * K steps, K = 4 unless the sequence is short. It has no sequence splits, so below WARP_MIN_PROGRAMS
+# programs per streaming multiprocessor (a detection input's batch of 2) the Triton backward runs, which splits.
+# ``MMMV_SCAN_BACKWARD=triton`` or ``=warp`` picks one (the tests compare them); the default picks by the size.
+# With fewer than WARP_MIN_STATES states (MambaVision's 8) the Triton backward is faster: 1.2-1.5x less time at
+# MambaVision-T/B sizes on an H200, where the warp one is 0.61-0.68x the Triton one's at VSS sizes (16 states).
+WARP_BD, WARP_NW = 2, 4
+WARP_MIN_PROGRAMS = 2
+WARP_MIN_STATES = 16
 
 
 def interpreting() -> bool:
@@ -264,7 +278,19 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
                   launch: bool = True):
     """Launch the backward. Returns du, ddelta, dA, dB, dC, dD, dz, d delta_bias in their inputs' dtypes and
     shapes; the gradients of absent optional inputs are empty tensors. With ``height`` > 0 (see `scan_forward`),
-    du sums the four directions' shares, in float32. ``launch=False``: as in `scan_forward`."""
+    du sums the four directions' shares, in float32. ``launch=False``: as in `scan_forward`. On CUDA the
+    warp-layout backward runs where it applies (`_warp_backward_k`), else the Triton one; the outputs' shapes and
+    strides are the same either way."""
+    args = (dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits, height,
+            launch)
+    try:
+        return _scan_backward(*args)
+    except _WarpFailed:  # said once (a warning); from now on the Triton backward
+        return _scan_backward(*args)
+
+
+def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
+                   chunk_size: Optional[int], n_splits: Optional[int], height: int, launch: bool):
     if launch:
         _check_runnable(u)
     B_shape, C_shape = B.shape, C.shape
@@ -277,6 +303,10 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         raise RuntimeError('selective_scan: the saved states do not match this launch configuration '
                            f'({states.shape[1]} chunks saved, {cfg.n_chunks} expected)')
     group_channels = _common_group_channels(dim, B, C)
+    warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch)
+    if height and launch and _cross_in_steps(warp):
+        return _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size,
+                                        height, B_shape, C_shape)
     per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
     programs = (dim // group_channels) * per_group
     if height:  # per direction, summed below
@@ -286,8 +316,12 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
         ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
-    # partial dB / dC rows (batch, programs, N, L), token-major when B's states are contiguous (coalesced stores)
-    if B.stride(2) == 1 and length > 1:
+    if warp:
+        per_group = math.ceil(group_channels / (WARP_BD * WARP_NW))
+        programs = (dim // group_channels) * per_group
+    # partial dB / dC rows (batch, programs, N, L), token-major when B's states are contiguous (coalesced stores);
+    # the warp-layout backward stores them along the tokens
+    if B.stride(2) == 1 and length > 1 and not warp:
         dB_part = torch.empty((batch, programs, length, state), device=u.device, dtype=torch.float32).transpose(2, 3)
     else:
         dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
@@ -296,7 +330,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     delta_strides = _grouped_strides(delta, group_channels)
     dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
     ddelta_strides = _grouped_strides(ddelta, group_channels)
-    splits = cfg.bwd_splits
+    splits = 1 if warp else cfg.bwd_splits
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
     dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
@@ -318,7 +352,11 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
             *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
-    if launch:
+    if warp:
+        _launch_warp_backward(warp, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, height,
+                              cfg, group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part,
+                              dbias_part, u_strides, delta_strides, dout_strides, ddelta_strides)
+    elif launch:
         launch_kernel(
             kernels._bwd_kernel, (batch, programs, splits),
             u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
@@ -343,6 +381,132 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
     dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
     dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+class _Warp:
+    """Whether the warp-layout backward can run here (imported on first use: Gluon is Triton's experimental
+    language, absent from old releases) and whether it has failed to compile once."""
+    kernels = None
+    failed: Optional[str] = None
+
+
+def _warp_backward_k(u, z, group_channels: int, dim: int, length: int, cfg: LaunchConfig,
+                     chunk_size: Optional[int], n_splits: Optional[int], launch: bool) -> int:
+    """K (steps per lane) of the warp-layout backward for this call, or 0 for the Triton backward: the CUDA path
+    without z, with the forward's chunk dividing the warp's 32 * K steps, 16 states or more, enough programs to fill
+    the GPU (else the Triton backward's sequence splits do better) and no splits asked for; ``MMMV_SCAN_BACKWARD``
+    overrides the size rules."""
+    choice = os.environ.get('MMMV_SCAN_BACKWARD', 'auto').strip().lower()
+    if choice not in ('auto', 'warp', 'triton'):
+        raise ValueError(f"MMMV_SCAN_BACKWARD must be 'auto', 'warp' or 'triton', got {choice!r}")
+    if not launch or choice == 'triton' or u.device.type != 'cuda' or z is not None or n_splits is not None:
+        return 0
+    k = 4 if length > 64 else 2 if length > 32 else 1
+    if (32 * k) % cfg.chunk:
+        return 0
+    if choice == 'auto':
+        if cfg.states_padded < WARP_MIN_STATES:
+            return 0
+        programs = u.shape[0] * (dim // group_channels) * math.ceil(group_channels / (WARP_BD * WARP_NW))
+        if programs < WARP_MIN_PROGRAMS * multiprocessors(u.device):
+            return 0
+    if _Warp.kernels is None and _Warp.failed is None:
+        try:
+            from . import gluon_kernels
+            _Warp.kernels = gluon_kernels
+        except ImportError as error:  # a Triton without Gluon: the Triton backward is the path, not an error
+            _Warp.failed = f'{type(error).__name__}: {error}'
+    return k if _Warp.kernels is not None and _Warp.failed is None else 0
+
+
+def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, height, cfg,
+                          group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
+                          u_strides, delta_strides, dout_strides, ddelta_strides) -> None:
+    """Launch `gluon_kernels._bwd_warp_kernel` into the buffers of `scan_backward` (B and C are read with unit token
+    stride: copied when their tokens are not contiguous, which costs less than their strided reads per state)."""
+    batch, dim, length = u.shape[0], dA_part.shape[2], u.shape[-1]
+    B = B if B.stride(3) == 1 else B.contiguous()
+    C = C if C.stride(3) == 1 else C.contiguous()
+    state = A.shape[1]
+    g_scratch = torch.empty((batch, dim, state), device=u.device, dtype=torch.float32)
+    args = (u, delta, A, B, C, _optional(D, u), _optional(delta_bias, u), dout, states, _optional(dlast, u),
+            g_scratch, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
+            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, states.shape[1], cfg.chunk,
+            state, height, *u_strides, *delta_strides, *A.stride(), B.stride(0), B.stride(1), B.stride(2),
+            C.stride(0), C.stride(1), C.stride(2), *dout_strides, du.stride(0), du.stride(1), du.stride(2),
+            *ddelta_strides)
+    grid = (batch, (dim // group_channels) * per_group, 1)
+    try:
+        launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+                      SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, CROSS=bool(height), BD=WARP_BD, K=k,
+                      LOGK=k.bit_length() - 1, NW=WARP_NW, num_warps=WARP_NW)
+    except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
+        _Warp.failed = f'{type(error).__name__}: {error}'
+        warnings.warn(f'selective_scan: the warp-layout backward did not compile with this Triton '
+                      f'({_Warp.failed[:300]}); the Triton backward runs instead (MMMV_SCAN_BACKWARD=triton '
+                      f'chooses it without trying)', RuntimeWarning, stacklevel=2)
+        raise _WarpFailed from error
+
+
+def _cross_in_steps(warp_k: int) -> bool:
+    """Whether a four-direction backward runs as a plain grouped one on copies in scan order (with the warp-layout
+    backward; a hook for the CPU tests, which run the same rewrite on the Triton backward)."""
+    return warp_k > 0
+
+
+def _steps(x: torch.Tensor, direction: int, height: int) -> torch.Tensor:
+    """x (..., L) in raster order of an H-row map -> in the scan order of `direction` (see `triton_kernels._tokens`):
+    0 raster, 1 column-major, 2 and 3 those reversed."""
+    if direction % 2:
+        x = x.unflatten(-1, (height, x.shape[-1] // height)).transpose(-1, -2).flatten(-2)
+    return x.flip(-1) if direction >= 2 else x
+
+
+def _raster(y: torch.Tensor, direction: int, height: int) -> torch.Tensor:
+    """The inverse of `_steps`."""
+    if direction >= 2:
+        y = y.flip(-1)
+    if direction % 2:
+        y = y.unflatten(-1, (y.shape[-1] // height, height)).transpose(-1, -2).flatten(-2)
+    return y
+
+
+def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size, height,
+                             B_shape, C_shape):
+    """The four-direction backward on copies of u, delta, dout, B and C in each direction's scan order, (batch,
+    4 * Di, L) float32 with the directions as groups: a plain scan, whose steps are contiguous in memory. The
+    warp-layout backward reads a lane's steps along the tokens; in place, the column-major directions and the
+    token-major layouts of VSS would make every such read strided (measured on an H200: 0.93x the Triton backward in
+    place at VM-UNet stage 1, 0.65x on contiguous copies). The forward's chunk states serve as they are (chunks of
+    scan steps, channels ordered by direction). Gradients come back in raster order, with the shapes and strides of
+    the in-place backward's."""
+    batch, inner, length = u.shape
+    directions = range(DIRECTIONS)
+
+    def shared(x):  # u, dout: one (batch, Di, L) tensor read by every direction
+        return torch.stack([_steps(x, k, height) for k in directions], 1).to(torch.float32).flatten(1, 2)
+
+    def per_direction(x):  # delta, B, C: (batch, 4, ., L)
+        return torch.stack([_steps(x[:, k], k, height) for k in directions], 1)
+
+    du_s, ddelta_s, dA, dB_s, dC_s, dD, _, dbias = _scan_backward(
+        shared(dout), None, shared(u), per_direction(delta).to(torch.float32).flatten(1, 2), A, per_direction(B),
+        per_direction(C), D, None, delta_bias, states, delta_softplus, chunk_size, None, 0, True)
+    du = _channel_buffer(u, (batch, DIRECTIONS * inner, length), torch.float32).view(batch, DIRECTIONS, inner, length)
+    ddelta = torch.empty_like(delta)
+    dB = torch.empty(B_shape, device=u.device, dtype=B.dtype)
+    dC = torch.empty(C_shape, device=u.device, dtype=C.dtype)
+    du_s, ddelta_s = du_s.view(batch, DIRECTIONS, inner, length), ddelta_s.view(batch, DIRECTIONS, inner, length)
+    for k in directions:
+        du[:, k].copy_(_raster(du_s[:, k], k, height))
+        ddelta[:, k].copy_(_raster(ddelta_s[:, k], k, height))
+        dB[:, k].copy_(_raster(dB_s[:, k], k, height))
+        dC[:, k].copy_(_raster(dC_s[:, k], k, height))
+    return du.sum(1).to(u.dtype), ddelta, dA, dB, dC, dD, u.new_empty(0), dbias
+
+
+class _WarpFailed(Exception):
+    """The warp-layout backward failed to compile: `scan_backward` runs again on the Triton backward."""
 
 
 # ----------------------------------------------------------------------------------------------------

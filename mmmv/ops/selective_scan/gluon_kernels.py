@@ -1,0 +1,245 @@
+"""The scan's backward with warp-local chunks, in Gluon (Triton's language with explicit layouts), for CUDA GPUs.
+
+The Triton backward (`triton_kernels._bwd_kernel`) holds (tokens x channels x states) tiles: every state of a
+(token, channel) pair is a lane, and the sums over the states (dx, d dt), over the channels (dB, dC) and the
+reverse scan cost shuffles and shared-memory round trips per element; at the VSS sizes it is bound by the L1 /
+shared-memory pipe. Here a program owns R = BD * NW channels of one group and walks the sequence from its end in
+chunks of 32 * K steps; the tile is [R, 32, K]: each warp owns BD channels, held in its threads, and the chunk's
+steps, K consecutive ones per lane. The states are a loop. So
+
+- the sums over the states are running sums in registers, and dB / dC's sums over a warp's channels are in-thread;
+  only the sum over the NW warps' channels meets in shared memory;
+- both scans are in-thread sequential scans followed by a warp scan of the 32 lane aggregates: the forward with
+  Triton's warp scan, the adjoint (from the end) with `shfl.down` steps written in PTX (`_suffix_step`): Triton
+  lowers a reverse scan with a lane flip per value, and Gluon has no other way to shuffle down. The adjoint's
+  inputs are loaded with each lane's K steps in reverse order (addressing), so its in-thread scan runs forward, and
+  its result is put back in order by renaming registers (`_flip_k`).
+
+No shared memory or barrier is needed for the scans. The adjoint carried from a chunk to the one before it lives in
+a small scratch buffer (one value per (batch, channel, state)); the state entering a chunk is the forward's stored
+chunk-entry state. Sums over channels (dB, dC) go to per-program partial rows and sums over tokens (dA, dD,
+d delta_bias) to per-batch rows, added up afterwards in a fixed order, as in the Triton backward: deterministic.
+
+Gluon has no interpreter: the Triton backward remains the path on the CPU (tests under ``TRITON_INTERPRET=1``) and
+for what this kernel does not cover (z, a sequence split for parallelism); `triton_backend.scan_backward` picks.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@gluon.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@gluon.jit
+def _time_step(raw, mask, SOFTPLUS: gl.constexpr):
+    dt = raw
+    if SOFTPLUS:
+        dt = gl.where(raw <= 20.0, gl.log(1.0 + gl.exp(raw)), raw)
+    return gl.where(mask, dt, 0.0)
+
+
+@gluon.jit
+def _shuffle(x, ASM: gl.constexpr):
+    """A warp shuffle of every register of x (a float32 tensor whose axis across lanes holds one lane each)."""
+    return gl.inline_asm_elementwise(ASM, "=r,r", [x.to(gl.int32, bitcast=True)], dtype=gl.int32, is_pure=True,
+                                     pack=1).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _down(x, OFF: gl.constexpr):
+    """x of lane + OFF (x's own on the lanes where that is past 31)."""
+    if OFF == 1:
+        r = _shuffle(x, "shfl.sync.down.b32 $0, $1, 1, 0x1f, -1;")
+    elif OFF == 2:
+        r = _shuffle(x, "shfl.sync.down.b32 $0, $1, 2, 0x1f, -1;")
+    elif OFF == 4:
+        r = _shuffle(x, "shfl.sync.down.b32 $0, $1, 4, 0x1f, -1;")
+    elif OFF == 8:
+        r = _shuffle(x, "shfl.sync.down.b32 $0, $1, 8, 0x1f, -1;")
+    else:
+        r = _shuffle(x, "shfl.sync.down.b32 $0, $1, 16, 0x1f, -1;")
+    return r
+
+
+@gluon.jit
+def _suffix_step(P, G, lane, OFF: gl.constexpr):
+    """One Kogge-Stone step of the adjoint's composition over lanes, from the last: lane l's segment (P, G), with
+    g_first = G + P * g_after, takes in lane l + OFF's."""
+    ok = lane + OFF < 32
+    P2 = _down(P, OFF)
+    G2 = _down(G, OFF)
+    return gl.where(ok, P * P2, P), gl.where(ok, G + P * G2, G)
+
+
+@gluon.jit
+def _flip_k(x, LAYOUT: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr):
+    """x [R, 32, K] with its in-thread axis reversed: a split and a join per bit of k, i.e. renamed registers."""
+    for b in gl.static_range(LOGK):
+        y = x.reshape([R, 32, K >> (b + 1), 2, 1 << b]).permute([0, 1, 2, 4, 3])
+        lo, hi = gl.split(y)
+        x = gl.join(hi, lo).permute([0, 1, 2, 4, 3]).reshape([R, 32, K])
+    return gl.convert_layout(x, LAYOUT)
+
+
+@gluon.jit
+def _in_thread_last(x, sel):
+    """The element of each thread's K where `sel`, as an [R, 32] tensor (a sum within the thread)."""
+    return gl.sum(gl.where(sel, x, 0.0), axis=2)
+
+
+@gluon.jit
+def _tokens(pos, group, L, H, CROSS: gl.constexpr):
+    """Memory positions of scan steps `pos` (as `triton_kernels._tokens`): with CROSS, direction `group` 0 is the
+    raster order of an H-row map, 1 the column-major order, 2 and 3 those reversed."""
+    if CROSS:
+        p = gl.where(group >= 2, L - 1 - pos, pos)
+        return gl.where(group % 2 == 1, (p % H) * (L // H) + p // H, p)
+    else:
+        return pos
+
+
+@gluon.jit
+def _bwd_warp_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, states_ptr, dlast_ptr, g_ptr,
+    du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, n_fwd_chunks, fwd_chunk, N, H,
+    s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an,
+    s_bb, s_bg, s_bn, s_cb, s_cg, s_cn, s_ob, s_og, s_od, s_ol,
+    s_gb, s_gd, s_gl, s_eb, s_eg, s_ed, s_el,
+    HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_DLAST: gl.constexpr,
+    CROSS: gl.constexpr, BD: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr, NW: gl.constexpr,
+):
+    """Gradients for batch pid0 and the R = BD * NW channels of program pid1 (one group of group_channels
+    channels; programs_per_group programs per group). B and C are read as (batch, group, N, L) with unit token
+    stride; u, delta, dout and d delta through grouped strides (`triton_backend._grouped_strides`), du per channel
+    through (s_gb, s_gd, s_gl). Partial dB / dC rows: (batch, programs, N, L) contiguous; dA: (batch, channels, N),
+    dD and d delta_bias: (batch, channels). g_ptr: (batch, channels, N) scratch for the adjoint between chunks.
+    The forward's chunk-entry states are every `fwd_chunk` steps, which divides 32 * K."""
+    L3: gl.constexpr = gl.BlockedLayout([BD, 1, K], [1, 32, 1], [NW, 1, 1], [2, 1, 0])
+    L2: gl.constexpr = gl.SliceLayout(2, L3)  # [R, 32]: a value per (channel, lane)
+    LB2: gl.constexpr = gl.BlockedLayout([BD, 1], [1, 32], [NW, 1], [1, 0])  # L2 as a blocked layout (scans)
+    LC: gl.constexpr = gl.SliceLayout(1, L2)  # [R]
+    LT: gl.constexpr = gl.SliceLayout(0, L3)  # [32, K]: a row of steps (B, C, the partial dB / dC rows)
+    R: gl.constexpr = BD * NW
+    BL: gl.constexpr = 32 * K
+    pid_b = gl.program_id(0).to(gl.int64)
+    pid_p = gl.program_id(1)
+    group = pid_p // programs_per_group
+    first = group * group_channels + (pid_p % programs_per_group) * R
+    d = first + gl.arange(0, R, layout=LC)
+    mask_d = (d < (group + 1) * group_channels) & (d < channels)
+    d_in = d - group * group_channels
+    mask_d2 = gl.expand_dims(mask_d, 1)
+    mask_d3 = gl.expand_dims(mask_d2, 2)
+    lane = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)  # [1, 32]
+    step_in = (gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(1, LT)), 1) * K
+               + gl.expand_dims(gl.arange(0, K, layout=gl.SliceLayout(0, LT)), 0))  # [32, K]: lane * K + k
+    step_rv = (step_in // K) * K + (K - 1 - step_in % K)  # each lane's K steps in reverse order
+    klast = gl.expand_dims((step_in % K) == K - 1, 0)
+    bias = gl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(gl.float32)
+    bias3 = gl.expand_dims(gl.expand_dims(bias, 1), 2)
+    skip3 = gl.expand_dims(gl.expand_dims(gl.load(D_ptr + d, mask=mask_d & HAS_D, other=0.0).to(gl.float32), 1), 2)
+    u_rows = gl.expand_dims(gl.expand_dims(pid_b * s_ub + group * s_ug + d_in * s_ud, 1), 2)
+    delta_rows = gl.expand_dims(gl.expand_dims(pid_b * s_db + group * s_dg + d_in * s_dd, 1), 2)
+    dout_rows = gl.expand_dims(gl.expand_dims(pid_b * s_ob + group * s_og + d_in * s_od, 1), 2)
+    du_rows = gl.expand_dims(gl.expand_dims(pid_b * s_gb + d * s_gd, 1), 2)
+    ddelta_rows = gl.expand_dims(gl.expand_dims(pid_b * s_eb + group * s_eg + d_in * s_ed, 1), 2)
+    b_row = B_ptr + pid_b * s_bb + (first // ch_per_B) * s_bg
+    c_row = C_ptr + pid_b * s_cb + (first // ch_per_C) * s_cg
+    part_row = (pid_b * gl.num_programs(1) + pid_p) * N * L
+    state_rows = (pid_b * channels + d) * N  # rows of dA, the scratch g and dlast
+    n_chunks = gl.cdiv(L, BL)
+    dD_acc = gl.zeros([R], gl.float32, LC)
+    dbias_acc = gl.zeros([R], gl.float32, LC)
+    for step in range(n_chunks):
+        chunk = n_chunks - 1 - step
+        pos = chunk * BL + step_in
+        pos_rv = chunk * BL + step_rv
+        tok = _tokens(pos, group, L, H, CROSS)
+        tok_rv = _tokens(pos_rv, group, L, H, CROSS)
+        tok_next_rv = _tokens(pos_rv + 1, group, L, H, CROSS)
+        mask_l = pos < L
+        mask_l_rv = pos_rv < L
+        mask = gl.expand_dims(mask_l, 0) & mask_d3
+        mask_rv = gl.expand_dims(mask_l_rv, 0) & mask_d3
+        mask_next_rv = gl.expand_dims(pos_rv + 1 < L, 0) & mask_d3
+        tok3 = gl.expand_dims(tok, 0)
+        tok_rv3 = gl.expand_dims(tok_rv, 0)
+        dt = _time_step(gl.load(delta_ptr + delta_rows + tok3 * s_dl, mask=mask, other=0.0).to(gl.float32) + bias3,
+                        mask, SOFTPLUS)
+        x = dt * gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
+        dy = gl.load(dout_ptr + dout_rows + tok3 * s_ol, mask=mask, other=0.0).to(gl.float32)
+        # the adjoint's inputs, each lane's steps reversed: the decay linking a step to the next, and dy
+        dt_next_rv = _time_step(gl.load(delta_ptr + delta_rows + gl.expand_dims(tok_next_rv, 0) * s_dl,
+                                        mask=mask_next_rv, other=0.0).to(gl.float32) + bias3, mask_next_rv, SOFTPLUS)
+        dy_rv = gl.load(dout_ptr + dout_rows + tok_rv3 * s_ol, mask=mask_rv, other=0.0).to(gl.float32)
+        gB_acc = gl.zeros([R, 32, K], gl.float32, L3)
+        zA_acc = gl.zeros([R, 32, K], gl.float32, L3)
+        h0_rows = ((pid_b * n_fwd_chunks + (chunk * BL) // fwd_chunk) * channels + d) * N
+        for n in range(N):
+            A_n = gl.load(A_ptr + d * s_ad + n * s_an, mask=mask_d, other=0.0).to(gl.float32)
+            A3 = gl.expand_dims(gl.expand_dims(A_n, 1), 2)
+            Bn = gl.expand_dims(gl.load(b_row + n * s_bn + tok, mask=mask_l, other=0.0).to(gl.float32), 0)
+            Cn_rv = gl.expand_dims(gl.load(c_row + n * s_cn + tok_rv, mask=mask_l_rv, other=0.0).to(gl.float32), 0)
+            # states: h_t = a_t h_{t-1} + x_t B_t from the chunk-entry state h0, in the thread, then over lanes
+            a = gl.exp2(dt * (A3 * LOG2E))
+            drive = x * Bn
+            pa, pb = gl.associative_scan((a, drive), 2, _combine)
+            h0 = gl.expand_dims(gl.load(states_ptr + h0_rows + n, mask=mask_d, other=0.0), 1)
+            agg_a = _in_thread_last(pa, klast)
+            agg_b = _in_thread_last(pb, klast)
+            agg_b = gl.where(lane == 0, agg_b + agg_a * h0, agg_b)
+            _, h_end = gl.associative_scan((gl.convert_layout(agg_a, LB2), gl.convert_layout(agg_b, LB2)), 1,
+                                           _combine)  # the state at each lane's last step
+            h_before = gl.where(lane == 0, h0, _shuffle(gl.convert_layout(h_end, L2),
+                                                        "shfl.sync.up.b32 $0, $1, 1, 0x0, -1;"))
+            h = pb + pa * gl.expand_dims(h_before, 2)
+            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}: in the thread (reversed steps), then over lanes from the end
+            qa, qg = gl.associative_scan((gl.exp2(dt_next_rv * (A3 * LOG2E)), Cn_rv * dy_rv), 2, _combine)
+            P = _in_thread_last(qa, klast)  # a lane's first step is the last of its reversed steps
+            G = _in_thread_last(qg, klast)
+            P, G = _suffix_step(P, G, lane, 1)
+            P, G = _suffix_step(P, G, lane, 2)
+            P, G = _suffix_step(P, G, lane, 4)
+            P, G = _suffix_step(P, G, lane, 8)
+            P, G = _suffix_step(P, G, lane, 16)
+            # g at the next chunk's first step (or d last_state past the sequence's end)
+            carry_ptrs = g_ptr + state_rows + n
+            if HAS_DLAST:
+                g_after = gl.where(step == 0, gl.load(dlast_ptr + state_rows + n, mask=mask_d, other=0.0),
+                                   gl.load(carry_ptrs, mask=mask_d & (step > 0), other=0.0))
+            else:
+                g_after = gl.load(carry_ptrs, mask=mask_d & (step > 0), other=0.0)
+            g_after = gl.expand_dims(g_after, 1)
+            g_first = G + P * g_after  # g at each lane's first step
+            g_next_lane = gl.where(lane == 31, g_after, _down(g_first, 1))
+            gl.store(gl.expand_dims(carry_ptrs, 1) + lane * 0, g_first, mask=(lane == 0) & mask_d2)
+            g = _flip_k(qg + qa * gl.expand_dims(g_next_lane, 2), L3, R, K, LOGK)
+            # a_t h_{t-1} = h_t - x_t B_t: the decay's share of the state
+            carried = (h - drive) * g
+            gB_acc += g * Bn
+            zA_acc += carried * A3
+            dA_ptrs = dA_ptr + state_rows + n
+            dA_n = gl.sum(gl.sum(carried * dt, axis=2), axis=1)
+            gl.store(dA_ptrs, gl.load(dA_ptrs, mask=mask_d & (step > 0), other=0.0) + dA_n, mask=mask_d)
+            gl.store(dB_ptr + part_row + n * L + tok, gl.sum(g * x, axis=0), mask=mask_l)
+            gl.store(dC_ptr + part_row + n * L + tok, gl.sum(h * dy, axis=0), mask=mask_l)
+        u = gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
+        du = gB_acc * dt
+        if HAS_D:
+            du += skip3 * dy
+            dD_acc += gl.sum(gl.sum(dy * u, axis=2), axis=1)
+        ddt = gB_acc * u + zA_acc
+        if SOFTPLUS:
+            raw = gl.load(delta_ptr + delta_rows + tok3 * s_dl, mask=mask, other=0.0).to(gl.float32) + bias3
+            ddt = ddt * (1.0 / (1.0 + gl.exp(-raw)))
+        ddt = gl.where(mask, ddt, 0.0)
+        dbias_acc += gl.sum(gl.sum(ddt, axis=2), axis=1)
+        gl.store(du_ptr + du_rows + tok3 * s_gl, du.to(du_ptr.dtype.element_ty), mask=mask)
+        gl.store(ddelta_ptr + ddelta_rows + tok3 * s_el, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+    gl.store(dD_ptr + pid_b * channels + d, dD_acc, mask=mask_d)
+    gl.store(dbias_ptr + pid_b * channels + d, dbias_acc, mask=mask_d)
