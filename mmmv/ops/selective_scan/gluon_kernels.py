@@ -12,16 +12,19 @@ steps, K consecutive ones per lane. The states are a loop. So
 - both scans are in-thread sequential scans followed by a warp scan of the 32 lane aggregates: the forward with
   Triton's warp scan, the adjoint (from the end) with `shfl.down` steps written in PTX (`_suffix_step`): Triton
   lowers a reverse scan with a lane flip per value, and Gluon has no other way to shuffle down. The adjoint's
-  inputs are loaded with each lane's K steps in reverse order (addressing), so its in-thread scan runs forward, and
-  its result is put back in order by renaming registers (`_flip_k`).
+  inputs are put in reverse order within each lane by renaming registers (`_flip_k`), so that its in-thread scan
+  runs forward, and its result is put back in order the same way. (Loading them reversed instead cost 50 more
+  registers per thread: the reversed addresses and masks stay live.)
 
 No shared memory or barrier is needed for the scans. The adjoint carried from a chunk to the one before it lives in
 a small scratch buffer (one value per (batch, channel, state)); the state entering a chunk is the forward's stored
 chunk-entry state. Sums over channels (dB, dC) go to per-program partial rows and sums over tokens (dA, dD,
 d delta_bias) to per-batch rows, added up afterwards in a fixed order, as in the Triton backward: deterministic.
 
-Gluon has no interpreter: the Triton backward remains the path on the CPU (tests under ``TRITON_INTERPRET=1``) and
-for what this kernel does not cover (z, a sequence split for parallelism); `triton_backend.scan_backward` picks.
+Plain (grouped) scans only: the fused four-direction backward reaches this kernel on copies in scan order
+(`triton_backend._cross_backward_in_steps`). Gluon has no interpreter: the Triton backward remains the path on the
+CPU (tests under ``TRITON_INTERPRET=1``) and for what this kernel does not cover (z, a sequence split for
+parallelism); `triton_backend.scan_backward` picks.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -92,26 +95,15 @@ def _in_thread_last(x, sel):
 
 
 @gluon.jit
-def _tokens(pos, group, L, H, CROSS: gl.constexpr):
-    """Memory positions of scan steps `pos` (as `triton_kernels._tokens`): with CROSS, direction `group` 0 is the
-    raster order of an H-row map, 1 the column-major order, 2 and 3 those reversed."""
-    if CROSS:
-        p = gl.where(group >= 2, L - 1 - pos, pos)
-        return gl.where(group % 2 == 1, (p % H) * (L // H) + p // H, p)
-    else:
-        return pos
-
-
-@gluon.jit
 def _bwd_warp_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, states_ptr, dlast_ptr, g_ptr,
     du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, n_fwd_chunks, fwd_chunk, N, H,
+    L, channels, ch_per_B, ch_per_C, group_channels, programs_per_group, n_fwd_chunks, fwd_chunk, N,
     s_ub, s_ug, s_ud, s_ul, s_db, s_dg, s_dd, s_dl, s_ad, s_an,
     s_bb, s_bg, s_bn, s_cb, s_cg, s_cn, s_ob, s_og, s_od, s_ol,
     s_gb, s_gd, s_gl, s_eb, s_eg, s_ed, s_el,
     HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_DLAST: gl.constexpr,
-    CROSS: gl.constexpr, BD: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr, NW: gl.constexpr,
+    BD: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr, NW: gl.constexpr,
 ):
     """Gradients for batch pid0 and the R = BD * NW channels of program pid1 (one group of group_channels
     channels; programs_per_group programs per group). B and C are read as (batch, group, N, L) with unit token
@@ -138,7 +130,6 @@ def _bwd_warp_kernel(
     lane = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)  # [1, 32]
     step_in = (gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(1, LT)), 1) * K
                + gl.expand_dims(gl.arange(0, K, layout=gl.SliceLayout(0, LT)), 0))  # [32, K]: lane * K + k
-    step_rv = (step_in // K) * K + (K - 1 - step_in % K)  # each lane's K steps in reverse order
     klast = gl.expand_dims((step_in % K) == K - 1, 0)
     bias = gl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(gl.float32)
     bias3 = gl.expand_dims(gl.expand_dims(bias, 1), 2)
@@ -158,25 +149,20 @@ def _bwd_warp_kernel(
     for step in range(n_chunks):
         chunk = n_chunks - 1 - step
         pos = chunk * BL + step_in
-        pos_rv = chunk * BL + step_rv
-        tok = _tokens(pos, group, L, H, CROSS)
-        tok_rv = _tokens(pos_rv, group, L, H, CROSS)
-        tok_next_rv = _tokens(pos_rv + 1, group, L, H, CROSS)
+        tok = pos  # memory positions of the steps (a plain scan: the steps themselves)
         mask_l = pos < L
-        mask_l_rv = pos_rv < L
         mask = gl.expand_dims(mask_l, 0) & mask_d3
-        mask_rv = gl.expand_dims(mask_l_rv, 0) & mask_d3
-        mask_next_rv = gl.expand_dims(pos_rv + 1 < L, 0) & mask_d3
         tok3 = gl.expand_dims(tok, 0)
-        tok_rv3 = gl.expand_dims(tok_rv, 0)
         dt = _time_step(gl.load(delta_ptr + delta_rows + tok3 * s_dl, mask=mask, other=0.0).to(gl.float32) + bias3,
                         mask, SOFTPLUS)
         x = dt * gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
         dy = gl.load(dout_ptr + dout_rows + tok3 * s_ol, mask=mask, other=0.0).to(gl.float32)
-        # the adjoint's inputs, each lane's steps reversed: the decay linking a step to the next, and dy
-        dt_next_rv = _time_step(gl.load(delta_ptr + delta_rows + gl.expand_dims(tok_next_rv, 0) * s_dl,
-                                        mask=mask_next_rv, other=0.0).to(gl.float32) + bias3, mask_next_rv, SOFTPLUS)
-        dy_rv = gl.load(dout_ptr + dout_rows + tok_rv3 * s_ol, mask=mask_rv, other=0.0).to(gl.float32)
+        # the decay linking a step to the next, with each lane's steps reversed (`_flip_k`: renamed registers) for
+        # the adjoint's in-thread scan
+        mask_next = gl.expand_dims(pos + 1 < L, 0) & mask_d3
+        dt_next_rv = _flip_k(_time_step(gl.load(delta_ptr + delta_rows + gl.expand_dims(tok + 1, 0) * s_dl,
+                                                mask=mask_next, other=0.0).to(gl.float32) + bias3, mask_next, SOFTPLUS),
+                             L3, R, K, LOGK)
         gB_acc = gl.zeros([R, 32, K], gl.float32, L3)
         zA_acc = gl.zeros([R, 32, K], gl.float32, L3)
         h0_rows = ((pid_b * n_fwd_chunks + (chunk * BL) // fwd_chunk) * channels + d) * N
@@ -184,7 +170,7 @@ def _bwd_warp_kernel(
             A_n = gl.load(A_ptr + d * s_ad + n * s_an, mask=mask_d, other=0.0).to(gl.float32)
             A3 = gl.expand_dims(gl.expand_dims(A_n, 1), 2)
             Bn = gl.expand_dims(gl.load(b_row + n * s_bn + tok, mask=mask_l, other=0.0).to(gl.float32), 0)
-            Cn_rv = gl.expand_dims(gl.load(c_row + n * s_cn + tok_rv, mask=mask_l_rv, other=0.0).to(gl.float32), 0)
+            Cn = gl.expand_dims(gl.load(c_row + n * s_cn + tok, mask=mask_l, other=0.0).to(gl.float32), 0)
             # states: h_t = a_t h_{t-1} + x_t B_t from the chunk-entry state h0, in the thread, then over lanes
             a = gl.exp2(dt * (A3 * LOG2E))
             drive = x * Bn
@@ -199,7 +185,8 @@ def _bwd_warp_kernel(
                                                         "shfl.sync.up.b32 $0, $1, 1, 0x0, -1;"))
             h = pb + pa * gl.expand_dims(h_before, 2)
             # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}: in the thread (reversed steps), then over lanes from the end
-            qa, qg = gl.associative_scan((gl.exp2(dt_next_rv * (A3 * LOG2E)), Cn_rv * dy_rv), 2, _combine)
+            qa, qg = gl.associative_scan((gl.exp2(dt_next_rv * (A3 * LOG2E)), _flip_k(Cn * dy, L3, R, K, LOGK)), 2,
+                                         _combine)
             P = _in_thread_last(qa, klast)  # a lane's first step is the last of its reversed steps
             G = _in_thread_last(qg, klast)
             P, G = _suffix_step(P, G, lane, 1)

@@ -257,7 +257,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
         launch_kernel(
             kernels._fwd_carry_kernel, grid, u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
-            state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
+            state, *u_strides, *delta_strides, *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     if launch:
         launch_kernel(
@@ -353,7 +353,7 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     dz_or_u = dz if z is not None else u
     if warp:
-        _launch_warp_backward(warp, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, height,
+        _launch_warp_backward(warp, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus,
                               cfg, group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part,
                               dbias_part, u_strides, delta_strides, dout_strides, ddelta_strides)
     elif launch:
@@ -419,11 +419,12 @@ def _warp_backward_k(u, z, group_channels: int, dim: int, length: int, cfg: Laun
     return k if _Warp.kernels is not None and _Warp.failed is None else 0
 
 
-def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, height, cfg,
+def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, cfg,
                           group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
                           u_strides, delta_strides, dout_strides, ddelta_strides) -> None:
-    """Launch `gluon_kernels._bwd_warp_kernel` into the buffers of `scan_backward` (B and C are read with unit token
-    stride: copied when their tokens are not contiguous, which costs less than their strided reads per state)."""
+    """Launch `gluon_kernels._bwd_warp_kernel` into the buffers of a plain `scan_backward` (a four-direction one
+    comes as a plain one, `_cross_backward_in_steps`). B and C are read with unit token stride: copied when their
+    tokens are not contiguous, which costs less than their strided reads per state."""
     batch, dim, length = u.shape[0], dA_part.shape[2], u.shape[-1]
     B = B if B.stride(3) == 1 else B.contiguous()
     C = C if C.stride(3) == 1 else C.contiguous()
@@ -432,13 +433,13 @@ def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, stat
     args = (u, delta, A, B, C, _optional(D, u), _optional(delta_bias, u), dout, states, _optional(dlast, u),
             g_scratch, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
             length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, states.shape[1], cfg.chunk,
-            state, height, *u_strides, *delta_strides, *A.stride(), B.stride(0), B.stride(1), B.stride(2),
+            state, *u_strides, *delta_strides, *A.stride(), B.stride(0), B.stride(1), B.stride(2),
             C.stride(0), C.stride(1), C.stride(2), *dout_strides, du.stride(0), du.stride(1), du.stride(2),
             *ddelta_strides)
     grid = (batch, (dim // group_channels) * per_group, 1)
     try:
         launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-                      SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, CROSS=bool(height), BD=WARP_BD, K=k,
+                      SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, BD=WARP_BD, K=k,
                       LOGK=k.bit_length() - 1, NW=WARP_NW, num_warps=WARP_NW)
     except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
         _Warp.failed = f'{type(error).__name__}: {error}'
