@@ -257,7 +257,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
         launch_kernel(
             kernels._fwd_carry_kernel, grid, u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
             length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
-            state, *u_strides, *delta_strides, *A.stride(), *B.stride(),
+            state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
     if launch:
         launch_kernel(
