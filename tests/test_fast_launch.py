@@ -92,6 +92,35 @@ def test_a_new_tensor_with_the_same_dtype_and_alignment_reuses_the_kernel(shortc
     assert kinds(kernel) == ['jit', 'run'] and kernel.log[1][1][9] is y
 
 
+def test_without_an_enter_hook_the_launch_metadata_is_not_built(shortcut, monkeypatch):
+    """Triton's launch metadata is None without an enter hook; building it would pass every argument once more."""
+    monkeypatch.setattr(fast._state, 'knobs', types.SimpleNamespace(
+        runtime=types.SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)))
+    monkeypatch.setattr(FakeCompiled, 'launch_metadata', lambda *args: pytest.fail('launch metadata built'))
+    kernel, x = FakeKernel(), torch.zeros(8)
+    for _ in range(2):
+        fast.launch(kernel, (3, 2, 1), x, 5, BLOCK=16)
+    assert kinds(kernel) == ['jit', 'run']
+    assert kernel.log[1][1][6:9] == (None, None, None)  # metadata and both hooks
+
+
+def test_a_tensor_where_the_first_launch_had_a_scalar_goes_through_the_jit(shortcut):
+    """Scalars are keyed as they come, behind the leading tensors of the kernel's first launch: a launch with a
+    tensor among them is not kept (a tensor would be keyed by identity), nor one with a scalar among the tensors."""
+    kernel, x = FakeKernel(), torch.zeros(8)
+    fast.launch(kernel, (1, 1, 1), x, 5, BLOCK=16)
+    for _ in range(2):
+        fast.launch(kernel, (1, 1, 1), x, torch.zeros(2), BLOCK=16)
+    fast.launch(kernel, (1, 1, 1), x, 5, BLOCK=16)
+    assert kinds(kernel) == ['jit', 'jit', 'jit', 'run']
+    assert len(fast._caches[id(kernel)]) == 1
+    other = FakeKernel()
+    fast.launch(other, (1, 1, 1), x, x, BLOCK=16)
+    for _ in range(2):
+        fast.launch(other, (1, 1, 1), x, 5, BLOCK=16)
+    assert kinds(other) == ['jit', 'jit', 'jit']
+
+
 def test_stand_ins_unlaunchable_kernels_and_the_switch_go_through_the_jit(shortcut, monkeypatch):
     class StandIn(FakeKernel):  # what scan_kernel_resources.py puts in a kernel's place: not the JIT's type
         pass

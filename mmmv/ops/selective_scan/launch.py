@@ -30,6 +30,7 @@ class _State:
 
 _state = _State()
 _caches: Dict[int, dict] = {}
+_pointers: Dict[int, int] = {}  # per kernel: its leading tensor arguments, as its first launch passed them
 
 
 def fast_launch_enabled() -> bool:
@@ -53,11 +54,21 @@ def _driver():
     return _state.driver
 
 
-def _key(device: int, args: tuple, constexprs: dict) -> tuple:
+def _key(device: int, args: tuple, constexprs: dict, pointers: int) -> tuple:
     """What the JIT specialises a launch on, as a hashable key: integer arguments by value (finer than the JIT, which
-    only looks at their size, 1 and divisibility by 16), pointers by dtype and 16-byte alignment."""
-    return (device, tuple(constexprs.items()),
-            *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args])
+    only looks at their size, 1 and divisibility by 16), the `pointers` leading tensors by dtype and 16-byte
+    alignment. The integers are kept as the tuple they came in (no per-argument test): a launch of ~70 arguments
+    cost ~25 us of host time to key with one."""
+    return (device, tuple(constexprs.items()), args[pointers:],
+            *[(t.dtype, t.data_ptr() % 16 == 0) for t in args[:pointers]])
+
+
+def _leading_tensors(args: tuple) -> int:
+    """How many arguments in front are tensors."""
+    for i, arg in enumerate(args):
+        if not isinstance(arg, torch.Tensor):
+            return i
+    return len(args)
 
 
 def _launchable(compiled) -> bool:
@@ -65,30 +76,43 @@ def _launchable(compiled) -> bool:
 
 
 def launch(kernel, grid: Tuple[int, int, int], *args, **constexprs) -> None:
-    """``kernel[grid](*args, **constexprs)``: non-constexpr arguments positional, the first a tensor, constexprs (and
-    launch options such as ``num_warps``) by keyword. Runs on the first argument's device: Triton launches on the
-    current device, so a model on cuda:1 in a process whose current device is cuda:0 (``model.to('cuda:1')`` without
-    ``torch.cuda.set_device``) would otherwise fail in Triton's launcher (triton-lang/triton#2441: "Pointer argument
-    cannot be accessed from Triton")."""
-    device = args[0].device
-    if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device.index):
-            _launch(kernel, grid, args, constexprs)
-        return
-    _launch(kernel, grid, args, constexprs)
+    """``kernel[grid](*args, **constexprs)``: non-constexpr arguments positional, the tensors (pointers) in front
+    and then the scalars, constexprs (and launch options such as ``num_warps``) by keyword. Runs on the first
+    argument's device: Triton launches on the current device, so a model on cuda:1 in a process whose current device
+    is cuda:0 (``model.to('cuda:1')`` without ``torch.cuda.set_device``) would otherwise fail in Triton's launcher
+    (triton-lang/triton#2441: "Pointer argument cannot be accessed from Triton")."""
+    index = args[0].get_device()  # -1 off CUDA
+    if index < 0:
+        _launch(kernel, grid, args, constexprs, None)
+    elif index != torch.cuda.current_device():
+        with torch.cuda.device(index):
+            _launch(kernel, grid, args, constexprs, index)
+    else:
+        _launch(kernel, grid, args, constexprs, index)
 
 
-def _launch(kernel, grid: Tuple[int, int, int], args: tuple, constexprs: dict) -> None:
+def _launch(kernel, grid: Tuple[int, int, int], args: tuple, constexprs: dict, device: Optional[int]) -> None:
+    """`launch` on the current device, `device` (None: ask the driver)."""
     if not fast_launch_enabled() or not isinstance(kernel, _state.jit_type):
         kernel[grid](*args, **constexprs)
         return
     driver = _driver()
-    device = driver.get_current_device()
-    cache = _caches.setdefault(id(kernel), {})
-    key = _key(device, args, constexprs)
+    if device is None:
+        device = driver.get_current_device()
+    cache = _caches.get(id(kernel))
+    if cache is None:
+        cache = _caches[id(kernel)] = {}
+        _pointers[id(kernel)] = _leading_tensors(args)
+    pointers = _pointers[id(kernel)]
+    try:
+        key = _key(device, args, constexprs, pointers)
+    except AttributeError:  # not a tensor where this kernel's first launch had one: left to the JIT
+        key = None
     entry = cache.get(key)
     if entry is None:
         compiled = kernel[grid](*args, **constexprs)  # compiles on a miss, and launches
+        if key is None or _leading_tensors(args) != pointers:
+            return  # keyed wrongly (a tensor among the scalars would be keyed by identity): not kept
         if len(cache) >= MAX_ENTRIES:
             cache.clear()
         # the JIT passes the launcher every parameter in signature order, constexprs included
@@ -102,12 +126,16 @@ def _launch(kernel, grid: Tuple[int, int, int], args: tuple, constexprs: dict) -
     stream = driver.get_current_stream(device)
     full = args + tail
     runtime = _state.knobs.runtime
-    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *full), runtime.launch_enter_hook, runtime.launch_exit_hook,
-                 *full)
+    enter_hook = runtime.launch_enter_hook
+    # without an enter hook Triton's launch metadata is None (CompiledKernel.launch_metadata): not asked for then,
+    # as the call alone passes ~70 arguments
+    metadata = None if enter_hook is None else compiled.launch_metadata(grid, stream, *full)
+    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, metadata,
+                 enter_hook, runtime.launch_exit_hook, *full)
 
 
 def clear_cache() -> None:
     """Forget every compiled kernel kept by `launch` (and re-read the environment at the next launch)."""
     _caches.clear()
+    _pointers.clear()
     _state.enabled = _state.driver = None
