@@ -360,3 +360,41 @@ def test_backward_choice_is_checked(monkeypatch):
     monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')  # on the CPU the Triton backward runs (Gluon has no interpreter)
     selective_scan(**inputs, delta_softplus=True, backend='triton').sum().backward()
     assert torch.isfinite(inputs['u'].grad).all()
+
+
+def test_warp_backward_gets_its_buffers_and_they_are_summed(monkeypatch):
+    """What the warp-layout backward (CUDA only; here a stand-in that fills its buffers) is handed, as
+    gluon_kernels addresses it: contiguous partial rows (batch, programs, N, L) for dB and for dC, (batch, 1, D, N)
+    for dA, (batch, 1, D) for dD and for d delta_bias; and every gradient is the sum of its buffer, whichever
+    buffer it shares with another gradient, for the custom op (separate storages) and the eager Function (views)."""
+    handed = {}
+
+    class StandIn:
+        def __getitem__(self, grid):
+            def fill(*args, **constexprs):
+                parts = dict(zip(('dB', 'dC', 'dA', 'dD', 'dbias'), args[13:18]))
+                for value, part in enumerate(parts.values(), 1):
+                    part.fill_(value)
+                handed.update(parts)
+            return fill
+
+    monkeypatch.setattr(triton_backend, '_warp_backward_k', lambda *args: 4)
+    monkeypatch.setattr(triton_backend._Warp, 'kernels', types.SimpleNamespace(_bwd_warp_kernel=StandIn()))
+    monkeypatch.setattr(triton_backend._Warp, 'failed', None)
+    batch, dim, length, state = 2, 16, 12, 4
+    x = {n: None if t is None else t.detach()
+         for n, t in make_inputs(batch=batch, dim=dim, length=length, state=state, z=False, device=DEVICE).items()}
+    args = tuple(x[n] for n in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias'))
+    _, _, states = triton_backend.scan_forward(*args, True, False, launch=False)
+    for separate in (True, False):
+        du, ddelta, dA, dB, dC, dD, dz, dbias = triton_backend.scan_backward(
+            torch.randn_like(x['u']), None, *args, states, True, separate=separate)
+        programs = handed['dB'].shape[1]
+        assert handed['dB'].shape == (batch, programs, state, length)
+        assert handed['dA'].shape == (batch, 1, dim, state) and handed['dD'].shape == (batch, 1, dim)
+        for name, part in handed.items():
+            assert part.is_contiguous(), name
+        for grad, value in ((dB, programs), (dC, 2 * programs), (dA, 3 * batch), (dD, 4 * batch), (dbias, 5 * batch)):
+            assert torch.equal(grad, torch.full_like(grad, value))
+        assert dB.shape == x['B'].shape and dA.shape == x['A'].shape and dD.shape == (dim, )
+        assert (dz is None) != separate

@@ -20,6 +20,7 @@ Layers: launch configuration (`LaunchConfig`, `launch_config`) -> kernel launche
 `scan_backward`) -> custom ops -> `selective_scan_triton` (called by `interface.selective_scan`) and
 `cross_selective_scan_triton`.
 """
+import functools
 import math
 import os
 import warnings
@@ -275,14 +276,19 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
 
 def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
                   chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0,
-                  launch: bool = True):
+                  launch: bool = True, separate: bool = True):
     """Launch the backward. Returns du, ddelta, dA, dB, dC, dD, dz, d delta_bias in their inputs' dtypes and
-    shapes; the gradients of absent optional inputs are empty tensors. With ``height`` > 0 (see `scan_forward`),
-    du sums the four directions' shares, in float32. ``launch=False``: as in `scan_forward`. On CUDA the
-    warp-layout backward runs where it applies (`_warp_backward_k`), else the Triton one; the outputs' shapes and
-    strides are the same either way."""
+    shapes. With ``height`` > 0 (see `scan_forward`), du sums the four directions' shares, in float32.
+    ``launch=False``: as in `scan_forward`. On CUDA the warp-layout backward runs where it applies
+    (`_warp_backward_k`), else the Triton one; the outputs' shapes and strides are the same either way.
+
+    The kernels' partial sums come in two buffers of two parts each (dB and dC rows; dD and d delta_bias), each
+    reduced in one op (host time: each op costs more of it than its GPU work at MambaVision sizes), so dB and dC, and
+    dD and d delta_bias, are views of one result. With `separate` (the custom op, whose outputs may not alias one
+    another) each gradient gets a storage of its own, and those of absent optional inputs are empty tensors; without
+    (the eager autograd.Function) they stay views, and None."""
     args = (dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits, height,
-            launch)
+            launch, separate)
     try:
         return _scan_backward(*args)
     except _WarpFailed:  # said once (a warning); from now on the Triton backward
@@ -290,7 +296,7 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
 
 
 def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
-                   chunk_size: Optional[int], n_splits: Optional[int], height: int, launch: bool):
+                   chunk_size: Optional[int], n_splits: Optional[int], height: int, launch: bool, separate: bool):
     if launch:
         _check_runnable(u)
     B_shape, C_shape = B.shape, C.shape
@@ -306,7 +312,7 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
     warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch)
     if height and launch and _cross_in_steps(warp):
         return _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size,
-                                        height, B_shape, C_shape)
+                                        height, B_shape, C_shape, separate)
     per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
     programs = (dim // group_channels) * per_group
     if height:  # per direction, summed below
@@ -315,25 +321,26 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
     else:
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
         ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0)
+    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     if warp:
         per_group = math.ceil(group_channels / (WARP_BD * WARP_NW))
         programs = (dim // group_channels) * per_group
-    # partial dB / dC rows (batch, programs, N, L), token-major when B's states are contiguous (coalesced stores);
-    # the warp-layout backward stores them along the tokens
+    # partial dB and dC rows (batch, programs, N, L), in one buffer (2, batch, programs, N, L); token-major when B's
+    # states are contiguous (coalesced stores); the warp-layout backward stores them along the tokens
     if B.stride(2) == 1 and length > 1 and not warp:
-        dB_part = torch.empty((batch, programs, length, state), device=u.device, dtype=torch.float32).transpose(2, 3)
+        part = torch.empty((2, batch, programs, length, state), device=u.device, dtype=torch.float32).transpose(3, 4)
     else:
-        dB_part = torch.empty((batch, programs, state, length), device=u.device, dtype=torch.float32)
-    dC_part = torch.empty_like(dB_part)
+        part = torch.empty((2, batch, programs, state, length), device=u.device, dtype=torch.float32)
+    dB_part, dC_part = part.unbind(0)
     u_strides = _grouped_strides(u, group_channels, shared=bool(height))
     delta_strides = _grouped_strides(delta, group_channels)
     dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
     ddelta_strides = _grouped_strides(ddelta, group_channels)
     splits = 1 if warp else cfg.bwd_splits
+    # per (batch, split) sums over tokens: dA's, and dD's and d delta_bias's in one buffer (2, batch, splits, D)
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
-    dD_part = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
-    dbias_part = torch.empty_like(dD_part)
+    skip_part = torch.empty((2, batch, splits, dim), device=u.device, dtype=torch.float32)
+    dD_part, dbias_part = skip_part.unbind(0)
     flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
     # the main kernels pin narrow inputs; the carry kernels reduce their per-(token, channel) work over the chunk
     # instead of broadcasting it over the states, and need no pin
@@ -351,7 +358,7 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
             height,
             *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
-    dz_or_u = dz if z is not None else u
+    dz_or_u = _optional(dz, u)
     if warp:
         _launch_warp_backward(warp, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus,
                               cfg, group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part,
@@ -369,18 +376,50 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
 
-    def per_group_sum(part: torch.Tensor, groups: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-        summed = part.view(batch, groups, programs // groups, state, length).sum(2)
-        return summed.reshape(shape).to(dtype)
-
     if height:
         du = du.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
-    dB = per_group_sum(dB_part, B.shape[1], B_shape, B.dtype)
-    dC = per_group_sum(dC_part, C.shape[1], C_shape, C.dtype)
-    dA = dA_part.sum((0, 1)).to(A.dtype)
-    dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
-    dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
+    dB, dC = _row_sums(part, B, C, B_shape, C_shape, separate)
+    dA = _cast(dA_part.sum((0, 1)), A.dtype)
+    dD, dbias = skip_part.sum((1, 2)).unbind(0)
+    if separate:  # dD copied out of the result it shares with d delta_bias
+        dD = u.new_empty(0) if D is None else dD.to(D.dtype, copy=True)
+        dbias = u.new_empty(0) if delta_bias is None else _cast(dbias, delta_bias.dtype)
+        dz = u.new_empty(0) if dz is None else dz
+    else:
+        dD = None if D is None else _cast(dD, D.dtype)
+        dbias = None if delta_bias is None else _cast(dbias, delta_bias.dtype)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype` (without calling ``to`` when it is already: host time)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _row_sums(part: torch.Tensor, B: torch.Tensor, C: torch.Tensor, B_shape: torch.Size, C_shape: torch.Size,
+              separate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dB and dC, in B's and C's shapes and dtypes, from the partial rows `part` (2, batch, programs, N, L) and B
+    and C grouped (`_grouped`): the rows of each group's programs summed, in one reduction when B and C are grouped
+    alike (cast in one op when of one dtype, unless `separate`: then dC is copied out of their shared result)."""
+    _, batch, programs, state, length = part.shape
+    groups, groups_C = B.shape[1], C.shape[1]
+    if groups == groups_C:
+        if groups == 1:  # shared B and C (MambaVision): no group axis to split off
+            summed = part.sum(2)
+        else:
+            summed = part.view(2, batch, groups, programs // groups, state, length).sum(3)
+        if not separate and B.dtype == C.dtype:
+            summed = _cast(summed, B.dtype)
+        dB, dC = summed.unbind(0)
+        if separate:
+            dC = dC.to(C.dtype, copy=True)
+    else:
+        dB, dC = (rows.view(batch, g, programs // g, state, length).sum(2)
+                  for rows, g in zip(part.unbind(0), (groups, groups_C)))
+    dB, dC = _cast(dB, B.dtype), _cast(dC, C.dtype)
+    # shared B and C come without the group axis of size 1 that `_grouped` gave them (a view)
+    return (dB if dB.dim() == len(B_shape) else dB.view(B_shape),
+            dC if dC.dim() == len(C_shape) else dC.view(C_shape))
 
 
 class _Warp:
@@ -473,7 +512,7 @@ def _raster(y: torch.Tensor, direction: int, height: int) -> torch.Tensor:
 
 
 def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size, height,
-                             B_shape, C_shape):
+                             B_shape, C_shape, separate):
     """The four-direction backward on copies of u, delta, dout, B and C in each direction's scan order, (batch,
     4 * Di, L) float32 with the directions as groups: a plain scan, whose steps are contiguous in memory. The
     warp-layout backward reads a lane's steps along the tokens; in place, the column-major directions and the
@@ -490,9 +529,9 @@ def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, del
     def per_direction(x):  # delta, B, C: (batch, 4, ., L)
         return torch.stack([_steps(x[:, k], k, height) for k in directions], 1)
 
-    du_s, ddelta_s, dA, dB_s, dC_s, dD, _, dbias = _scan_backward(
+    du_s, ddelta_s, dA, dB_s, dC_s, dD, dz, dbias = _scan_backward(
         shared(dout), None, shared(u), per_direction(delta).to(torch.float32).flatten(1, 2), A, per_direction(B),
-        per_direction(C), D, None, delta_bias, states, delta_softplus, chunk_size, None, 0, True)
+        per_direction(C), D, None, delta_bias, states, delta_softplus, chunk_size, None, 0, True, separate)
     du = _channel_buffer(u, (batch, DIRECTIONS * inner, length), torch.float32).view(batch, DIRECTIONS, inner, length)
     ddelta = torch.empty_like(delta)
     dB = torch.empty(B_shape, device=u.device, dtype=B.dtype)
@@ -503,7 +542,7 @@ def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, del
         ddelta[:, k].copy_(_raster(ddelta_s[:, k], k, height))
         dB[:, k].copy_(_raster(dB_s[:, k], k, height))
         dC[:, k].copy_(_raster(dC_s[:, k], k, height))
-    return du.sum(1).to(u.dtype), ddelta, dA, dB, dC, dD, u.new_empty(0), dbias
+    return du.sum(1).to(u.dtype), ddelta, dA, dB, dC, dD, dz, dbias
 
 
 class _WarpFailed(Exception):
@@ -591,7 +630,11 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        return _gradients(ctx, dy, dlast, scan_backward)
+        return _gradients(ctx, dy, dlast, _eager_backward)
+
+
+# autograd takes gradients that share storage (views of one reduction), the custom op's outputs may not
+_eager_backward = functools.partial(scan_backward, separate=False)
 
 
 def _traced(tensors) -> bool:
