@@ -128,6 +128,35 @@ def test_deterministic():
         assert torch.equal(first, second)
 
 
+def _token_major(t):
+    """t's values in memory with the channels (or states) contiguous: other strides, same sizes."""
+    return t.detach().movedim(-1, 1).contiguous().movedim(1, -1).requires_grad_(t.requires_grad)
+
+
+def test_plans_are_kept_per_strides_dtypes_and_options(monkeypatch):
+    """A call's plan (launch configuration, scalar arguments, constexprs) is kept per sizes, strides, dtypes and
+    options: calls of one size that differ only in those, made in turn in one process, each match the reference
+    (a plan reused across them would address their inputs through the wrong strides), and the gradients do not
+    depend on dy's layout."""
+    monkeypatch.setattr(triton_backend, '_CONFIGS', {})
+    plain = make_inputs(length=19, device=DEVICE)
+    wide_u = torch.cat([plain['u'].detach(), plain['u'].detach()], dim=1)[:, 8:].requires_grad_()
+    cases = [(plain, {}), (dict(plain, u=wide_u), {}), (plain, dict(last_state_grad=False)),
+             (make_inputs(length=19, dtype=torch.bfloat16, device=DEVICE), {}),
+             (dict(plain, D=None), {}), (dict(plain, delta_bias=None), {})]
+    cases[2:2] = [(dict(plain, **{name: _token_major(plain[name])}), {}) for name in ('delta', 'B', 'C', 'z')]
+    for inputs, options in cases:  # each differs from the first in one thing
+        assert_matches_reference(inputs, scan=triton_scan(8, 2), **options)
+    assert sum(key[0] == 'fwd' for key in triton_backend._CONFIGS) == len(cases) - 1  # all but the last-state one
+
+    y = triton_backend.selective_scan_triton(**plain, delta_softplus=True, chunk_size=8, n_splits=2)
+    leaves = [t for t in plain.values() if t is not None]
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy, retain_graph=True)
+    for got, want in zip(torch.autograd.grad(y, leaves, _token_major(dy)), grads):
+        torch.testing.assert_close(got, want)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The custom ops in graphs, autocast.
 # ----------------------------------------------------------------------------------------------------
@@ -378,6 +407,7 @@ def test_warp_backward_gets_its_buffers_and_they_are_summed(monkeypatch):
                 handed.update(parts)
             return fill
 
+    monkeypatch.setattr(triton_backend, '_CONFIGS', {})  # the plans made here choose the stand-in
     monkeypatch.setattr(triton_backend, '_warp_backward_k', lambda *args: 4)
     monkeypatch.setattr(triton_backend._Warp, 'kernels', types.SimpleNamespace(_bwd_warp_kernel=StandIn()))
     monkeypatch.setattr(triton_backend._Warp, 'failed', None)

@@ -25,7 +25,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -165,14 +165,20 @@ def _config_for(u, B, C, chunk_size, n_splits, height) -> LaunchConfig:
     batch, _, length = u.shape
     dim = _scanned_channels(u, height)
     args = (batch, dim, length, B.shape[2], _common_group_channels(dim, B, C), u.device, chunk_size, n_splits)
-    if not all(type(size) is int for size in args[:5]):
-        return launch_config(*args)
-    cfg = _CONFIGS.get(args)
-    if cfg is None:
+    return _kept(launch_config, args if all(type(size) is int for size in args[:5]) else None, *args)
+
+
+def _kept(build, key: Optional[tuple], *args):
+    """``build(*args)``, kept in `_CONFIGS` per `key` (launch configurations and plans alike, so that whatever
+    swaps or clears one clears the other); None keeps nothing (symbolic sizes: the fake implementations)."""
+    if key is None:
+        return build(*args)
+    kept = _CONFIGS.get(key)
+    if kept is None:
         if len(_CONFIGS) >= MAX_CONFIGS:
             _CONFIGS.clear()
-        cfg = _CONFIGS[args] = launch_config(*args)
-    return cfg
+        kept = _CONFIGS[key] = build(*args)
+    return kept
 
 
 def _fake_splits(n_splits: Optional[int], launch: bool) -> Optional[int]:
@@ -220,6 +226,62 @@ def _channel_buffer(like: torch.Tensor, shape: Tuple[int, int, int], dtype: torc
     return torch.empty(shape, device=like.device, dtype=dtype)
 
 
+class _ForwardPlan(NamedTuple):
+    """What a forward launches, but for its tensors and y's strides (`_forward_plan`)."""
+    cfg: LaunchConfig
+    dim: int
+    grid: Tuple[int, int, int]
+    carry_scalars: tuple  # of `_fwd_carry_kernel`
+    carry_flags: dict
+    scalars: tuple  # of `_fwd_kernel`, y's strides left out
+    flags: dict
+
+
+def _plan_key(kind: str, u, delta, A, B, C, D, z, delta_bias, options: tuple, launch: bool) -> Optional[tuple]:
+    """The key of a plan: everything of the inputs that a plan reads (sizes, strides, the dtypes that set NARROW,
+    which optional inputs are given, the device) and the call's options. None when nothing is launched (the fake
+    implementations; their sizes may be symbolic)."""
+    if not launch:
+        return None
+    return (kind, u.shape, u.stride(), u.dtype, delta.shape, delta.stride(), delta.dtype, A.shape, A.stride(),
+            B.shape, B.stride(), C.shape, C.stride(), D is None, None if z is None else z.stride(),
+            delta_bias is None, u.device, *options)
+
+
+def _layout(u, A, B, C, chunk_size, n_splits, height, launch) -> tuple:
+    """What the plans of a forward and of a backward share: B and C grouped (`_grouped`), the channels scanned, N,
+    the launch configuration and the channels per group."""
+    B, C = _grouped(B), _grouped(C)
+    dim = _scanned_channels(u, height)
+    cfg = _config_for(u, B, C, chunk_size, _fake_splits(n_splits, launch), height)
+    return B, C, dim, A.shape[1], cfg, _common_group_channels(dim, B, C)
+
+
+def _forward_plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, n_splits,
+                  height, launch) -> _ForwardPlan:
+    """The launch configuration, grid, scalar arguments and constexprs of a forward; the scalars only when it
+    launches."""
+    B, C, dim, state, cfg, group_channels = _layout(u, A, B, C, chunk_size, n_splits, height, launch)
+    batch, _, length = u.shape
+    per_group = math.ceil(group_channels / cfg.block_d)
+    grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
+    if not launch:
+        return _ForwardPlan(cfg, dim, grid, (), {}, (), {})
+    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
+    delta_strides = _grouped_strides(delta, group_channels)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    carry_scalars = (length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
+                     cfg.fwd_splits, state, height, *u_strides, *delta_strides, *A.stride(), *B.stride())
+    scalars = (length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
+               cfg.fwd_splits, state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(),
+               *_optional(z, u).stride())
+    return _ForwardPlan(
+        cfg, dim, grid, carry_scalars, dict(flags, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus),
+        scalars, dict(flags, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                      SOFTPLUS=delta_softplus, HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state,
+                      NARROW=_narrow(u, delta)))
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0,
                  launch: bool = True):
@@ -231,44 +293,34 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
     four directions' outputs, (batch, Di, L), summed in float32.
 
     With ``launch=False`` nothing runs: the outputs are allocated and reduced as the launch would (the fake
-    implementation of the custom op, so that its outputs have the real ones' shapes *and strides*)."""
+    implementation of the custom op, so that its outputs have the real ones' shapes *and strides*).
+
+    What depends only on the inputs' sizes, strides and dtypes and on the options is planned once per such key
+    (`_forward_plan`; host time: the same layers run every step)."""
     if launch:
         _check_runnable(u)
-    B, C = _grouped(B), _grouped(C)
+    options = (delta_softplus, return_last_state, chunk_size, n_splits, height)
+    plan = _kept(_forward_plan, _plan_key('fwd', u, delta, A, B, C, D, z, delta_bias, options, launch),
+                 u, delta, A, B, C, D, z, delta_bias, *options, launch)
+    cfg, dim = plan.cfg, plan.dim
     batch, inner, length = u.shape
-    dim = _scanned_channels(u, height)
     state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, _fake_splits(n_splits, launch), height)
-    group_channels = _common_group_channels(dim, B, C)
-    per_group = math.ceil(group_channels / cfg.block_d)
-    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
-    delta_strides = _grouped_strides(delta, group_channels)
     if height:
         y = _channel_buffer(u, (batch, dim, length), torch.float32)
     else:
         y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     states = torch.empty((batch, cfg.n_chunks, dim, state), device=u.device, dtype=torch.float32)
     last = torch.empty((batch, dim, state) if return_last_state else (0, ), device=u.device, dtype=torch.float32)
-    grid = (batch, dim // group_channels * per_group, cfg.fwd_splits)
-    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
     carry_h = carry_dt = u
+    bias = _optional(delta_bias, u)
     if cfg.fwd_splits > 1 and launch:
         carry_h = torch.empty((batch, cfg.fwd_splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, cfg.fwd_splits, dim), device=u.device, dtype=torch.float32)
-        launch_kernel(
-            kernels._fwd_carry_kernel, grid, u, delta, A, B, _optional(delta_bias, u), carry_h, carry_dt,
-            length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split, cfg.fwd_splits,
-            state, height, *u_strides, *delta_strides, *A.stride(), *B.stride(),
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
-    if launch:
-        launch_kernel(
-            kernels._fwd_kernel, grid, u, delta, A, B, C, _optional(D, u), _optional(z, u), _optional(delta_bias, u),
-            y, states, last, carry_h, carry_dt,
-            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
-            cfg.fwd_splits, state, height,
-            *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *_optional(z, u).stride(), *y.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_CARRY=cfg.fwd_splits > 1, STORE_LAST=return_last_state, NARROW=_narrow(u, delta), **flags)
+        launch_kernel(kernels._fwd_carry_kernel, plan.grid, u, delta, A, B, bias, carry_h, carry_dt,
+                      *plan.carry_scalars, **plan.carry_flags)
+    if launch:  # B and C as they are: a shared one's group axis (`_grouped`) is a view, of the same address
+        launch_kernel(kernels._fwd_kernel, plan.grid, u, delta, A, B, C, _optional(D, u), _optional(z, u), bias,
+                      y, states, last, carry_h, carry_dt, *plan.scalars, *y.stride(), **plan.flags)
     if height:
         y = y.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
     return y, last, states
@@ -295,26 +347,76 @@ def scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delt
         return _scan_backward(*args)
 
 
+class _BackwardPlan(NamedTuple):
+    """What a backward launches, but for its tensors and its buffers' strides (`_backward_plan`)."""
+    cfg: LaunchConfig
+    dim: int
+    group_channels: int
+    warp: int  # K of the warp-layout backward, or 0 (`_warp_backward_k`)
+    per_group: int
+    programs: int
+    splits: int
+    carry_grid: Tuple[int, int, int]
+    carry_scalars: tuple  # of `_bwd_carry_kernel`
+    carry_flags: dict
+    grid: Tuple[int, int, int]
+    scalars: tuple  # of `_bwd_kernel`, the strides of du, d delta, dz and the partial rows left out
+    flags: dict
+    strides: tuple  # the grouped strides of u, delta and dout (`_grouped_strides`), for the warp-layout backward
+
+
+def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softplus, chunk_size, n_splits, height,
+                   launch) -> _BackwardPlan:
+    """As `_forward_plan`, for a backward, whichever kernel runs it."""
+    B, C, dim, state, cfg, group_channels = _layout(u, A, B, C, chunk_size, n_splits, height, launch)
+    batch, _, length = u.shape
+    warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch)
+    per_group = math.ceil(group_channels / (WARP_BD * WARP_NW if warp else cfg.bwd_ch_per_program))
+    programs = (dim // group_channels) * per_group
+    splits = 1 if warp else cfg.bwd_splits
+    tiles_per_group = math.ceil(group_channels / cfg.block_d)
+    carry_grid, grid = (batch, dim // group_channels * tiles_per_group, splits), (batch, programs, splits)
+    if not launch:
+        return _BackwardPlan(cfg, dim, group_channels, warp, per_group, programs, splits, carry_grid, (), {}, grid,
+                             (), {}, ())
+    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
+    delta_strides = _grouped_strides(delta, group_channels)
+    dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
+    z_strides = _optional(z, u).stride()
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps,
+                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
+    carry_scalars = (length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split,
+                     splits, state, height, *delta_strides, *A.stride(), *C.stride(), *z_strides, *dout_strides)
+    scalars = (length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
+               cfg.bwd_chunks_per_split, splits, state, height, *u_strides, *delta_strides, *A.stride(),
+               *B.stride(), *C.stride(), *z_strides, *dout_strides)
+    # the main kernels pin narrow inputs; the carry kernels reduce their per-(token, channel) work over the chunk
+    # instead of broadcasting it over the states, and need no pin
+    bwd_flags = dict(flags, HAS_D=D is not None, HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None,
+                     NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
+    return _BackwardPlan(cfg, dim, group_channels, warp, per_group, programs, splits, carry_grid, carry_scalars, flags,
+                         grid, scalars, bwd_flags, (u_strides, delta_strides, dout_strides))
+
+
 def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
                    chunk_size: Optional[int], n_splits: Optional[int], height: int, launch: bool, separate: bool):
     if launch:
         _check_runnable(u)
-    B_shape, C_shape = B.shape, C.shape
-    B, C = _grouped(B), _grouped(C)
-    batch, inner, length = u.shape
-    dim = _scanned_channels(u, height)
-    state = A.shape[1]
-    cfg = _config_for(u, B, C, chunk_size, _fake_splits(n_splits, launch), height)
+    # the kernel choice's switches are part of the key: the choice is planned
+    options = (delta_softplus, chunk_size, n_splits, height, dout.stride(), dlast is None,
+               os.environ.get('MMMV_SCAN_BACKWARD'), _Warp.failed is None)
+    plan = _kept(_backward_plan, _plan_key('bwd', u, delta, A, B, C, D, z, delta_bias, options, launch),
+                 u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softplus, chunk_size, n_splits, height,
+                 launch)
+    cfg, dim, warp, programs, splits = plan.cfg, plan.dim, plan.warp, plan.programs, plan.splits
     if cfg.n_chunks != states.shape[1]:
         raise RuntimeError('selective_scan: the saved states do not match this launch configuration '
                            f'({states.shape[1]} chunks saved, {cfg.n_chunks} expected)')
-    group_channels = _common_group_channels(dim, B, C)
-    warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch)
     if height and launch and _cross_in_steps(warp):
-        return _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size,
-                                        height, B_shape, C_shape, separate)
-    per_group = math.ceil(group_channels / cfg.bwd_ch_per_program)
-    programs = (dim // group_channels) * per_group
+        return _cross_backward_in_steps(dout, u, delta, A, _grouped(B), _grouped(C), D, delta_bias, states,
+                                        delta_softplus, chunk_size, height, B.shape, C.shape, separate)
+    batch, inner, length = u.shape
+    state = A.shape[1]
     if height:  # per direction, summed below
         du = _channel_buffer(u, (batch, dim, length), torch.float32)
         ddelta = torch.empty_like(delta)  # the strides of delta (dense views keep theirs)
@@ -322,63 +424,41 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
         ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    if warp:
-        per_group = math.ceil(group_channels / (WARP_BD * WARP_NW))
-        programs = (dim // group_channels) * per_group
     # partial dB and dC rows (batch, programs, N, L), in one buffer (2, batch, programs, N, L); token-major when B's
     # states are contiguous (coalesced stores); the warp-layout backward stores them along the tokens
-    if B.stride(2) == 1 and length > 1 and not warp:
+    if B.stride(-2) == 1 and length > 1 and not warp:
         part = torch.empty((2, batch, programs, length, state), device=u.device, dtype=torch.float32).transpose(3, 4)
     else:
         part = torch.empty((2, batch, programs, state, length), device=u.device, dtype=torch.float32)
     dB_part, dC_part = part.unbind(0)
-    u_strides = _grouped_strides(u, group_channels, shared=bool(height))
-    delta_strides = _grouped_strides(delta, group_channels)
-    dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
-    ddelta_strides = _grouped_strides(ddelta, group_channels)
-    splits = 1 if warp else cfg.bwd_splits
     # per (batch, split) sums over tokens: dA's, and dD's and d delta_bias's in one buffer (2, batch, splits, D)
     dA_part = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
     skip_part = torch.empty((2, batch, splits, dim), device=u.device, dtype=torch.float32)
     dD_part, dbias_part = skip_part.unbind(0)
-    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
-    # the main kernels pin narrow inputs; the carry kernels reduce their per-(token, channel) work over the chunk
-    # instead of broadcasting it over the states, and need no pin
-    bwd_flags = dict(flags, NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
-    z_or_u = _optional(z, u)
+    ddelta_strides = _grouped_strides(ddelta, plan.group_channels)
+    z_or_u, bias = _optional(z, u), _optional(delta_bias, u)
     carry_g = carry_dt = u
     if splits > 1 and launch:
         carry_g = torch.empty((batch, splits, dim, state), device=u.device, dtype=torch.float32)
         carry_dt = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
-        tiles_per_group = math.ceil(group_channels / cfg.block_d)
-        launch_kernel(
-            kernels._bwd_carry_kernel, (batch, dim // group_channels * tiles_per_group, splits),
-            delta, A, C, z_or_u, _optional(delta_bias, u), dout, carry_g, carry_dt,
-            length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split, splits, state,
-            height,
-            *delta_strides, *A.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
-            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **flags)
-    dz_or_u = _optional(dz, u)
+        launch_kernel(kernels._bwd_carry_kernel, plan.carry_grid, delta, A, C, z_or_u, bias, dout, carry_g, carry_dt,
+                      *plan.carry_scalars, **plan.carry_flags)
     if warp:
-        _launch_warp_backward(warp, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus,
-                              cfg, group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part,
-                              dbias_part, u_strides, delta_strides, dout_strides, ddelta_strides)
-    elif launch:
+        _launch_warp_backward(warp, dout, dlast, u, delta, A, _grouped(B), _grouped(C), D, delta_bias, states,
+                              delta_softplus, cfg, plan.group_channels, plan.per_group, du, ddelta, dB_part, dC_part,
+                              dA_part, dD_part, dbias_part, *plan.strides, ddelta_strides)
+    elif launch:  # B and C as they are (see scan_forward)
+        dz_or_u = _optional(dz, u)
         launch_kernel(
-            kernels._bwd_kernel, (batch, programs, splits),
-            u, delta, A, B, C, _optional(D, u), z_or_u, _optional(delta_bias, u), dout, states, _optional(dlast, u),
-            carry_g, carry_dt,
+            kernels._bwd_kernel, plan.grid,
+            u, delta, A, B, C, _optional(D, u), z_or_u, bias, dout, states, _optional(dlast, u), carry_g, carry_dt,
             du, ddelta, dz_or_u, dB_part, dC_part, dA_part, dD_part, dbias_part,
-            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
-            cfg.bwd_chunks_per_split, splits, state, height,
-            *u_strides, *delta_strides, *A.stride(), *B.stride(), *C.stride(), *z_or_u.stride(), *dout_strides,
-            *du.stride(), *ddelta_strides, *dz_or_u.stride(), dB_part.stride(2), dB_part.stride(3),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None, **bwd_flags)
+            *plan.scalars, *du.stride(), *ddelta_strides, *dz_or_u.stride(), dB_part.stride(2), dB_part.stride(3),
+            **plan.flags)
 
     if height:
         du = du.view(batch, DIRECTIONS, inner, length).sum(1).to(u.dtype)
-    dB, dC = _row_sums(part, B, C, B_shape, C_shape, separate)
+    dB, dC = _row_sums(part, B, C, separate)
     dA = _cast(dA_part.sum((0, 1)), A.dtype)
     dD, dbias = skip_part.sum((1, 2)).unbind(0)
     if separate:  # dD copied out of the result it shares with d delta_bias
@@ -396,13 +476,13 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _row_sums(part: torch.Tensor, B: torch.Tensor, C: torch.Tensor, B_shape: torch.Size, C_shape: torch.Size,
+def _row_sums(part: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
               separate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dB and dC, in B's and C's shapes and dtypes, from the partial rows `part` (2, batch, programs, N, L) and B
-    and C grouped (`_grouped`): the rows of each group's programs summed, in one reduction when B and C are grouped
-    alike (cast in one op when of one dtype, unless `separate`: then dC is copied out of their shared result)."""
+    """dB and dC, in B's and C's shapes and dtypes, from the partial rows `part` (2, batch, programs, N, L): the
+    rows of each group's programs summed, in one reduction when B and C are grouped alike (cast in one op when of
+    one dtype, unless `separate`: then dC is copied out of their shared result)."""
     _, batch, programs, state, length = part.shape
-    groups, groups_C = B.shape[1], C.shape[1]
+    groups, groups_C = _groups(B), _groups(C)
     if groups == groups_C:
         if groups == 1:  # shared B and C (MambaVision): no group axis to split off
             summed = part.sum(2)
@@ -417,9 +497,12 @@ def _row_sums(part: torch.Tensor, B: torch.Tensor, C: torch.Tensor, B_shape: tor
         dB, dC = (rows.view(batch, g, programs // g, state, length).sum(2)
                   for rows, g in zip(part.unbind(0), (groups, groups_C)))
     dB, dC = _cast(dB, B.dtype), _cast(dC, C.dtype)
-    # shared B and C come without the group axis of size 1 that `_grouped` gave them (a view)
-    return (dB if dB.dim() == len(B_shape) else dB.view(B_shape),
-            dC if dC.dim() == len(C_shape) else dC.view(C_shape))
+    return (dB if dB.dim() == B.dim() else dB.view(B.shape)), (dC if dC.dim() == C.dim() else dC.view(C.shape))
+
+
+def _groups(x: torch.Tensor) -> int:
+    """The groups of B or C: 1 when shared, (batch, N, L)."""
+    return x.shape[1] if x.dim() == 4 else 1
 
 
 class _Warp:
