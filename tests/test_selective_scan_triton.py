@@ -128,6 +128,37 @@ def test_deterministic():
         assert torch.equal(first, second)
 
 
+def test_gradient_of_the_last_state_alone():
+    """y unused: its gradient reaches the eager backward as None (gradients are not materialised) and counts as
+    zeros; the last state's is the reference's."""
+    inputs = make_inputs(length=21, device=DEVICE)
+    names = [n for n, t in inputs.items() if t is not None and n not in ('C', 'D', 'z')]  # what the state depends on
+    _, last = triton_backend.selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True,
+                                                   chunk_size=8, n_splits=2)
+    ref_inputs = {n: None if t is None else t.detach().double().requires_grad_() for n, t in inputs.items()}
+    _, last_ref = selective_scan_ref(**ref_inputs, delta_softplus=True, return_last_state=True)
+    grads = torch.autograd.grad(last.square().sum(), [inputs[n] for n in names])
+    grads_ref = torch.autograd.grad(last_ref.square().sum(), [ref_inputs[n] for n in names])
+    for name, grad, grad_ref in zip(names, grads, grads_ref):
+        torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-4, msg=lambda m: f'{name}: {m}')
+
+
+def test_gradients_accumulate_into_leaves():
+    """The eager backward returns dA, dD and d delta_bias as views of one reduction, dB and dC of another:
+    accumulated into the leaves' .grad over two backward passes, each is twice one pass's."""
+    inputs = make_inputs(length=13, device=DEVICE)
+    leaves = {n: t for n, t in inputs.items() if t is not None}
+
+    def loss():
+        return triton_backend.selective_scan_triton(**inputs, delta_softplus=True, chunk_size=8).square().sum()
+
+    once = torch.autograd.grad(loss(), list(leaves.values()))
+    for _ in range(2):
+        loss().backward()
+    for (name, leaf), grad in zip(leaves.items(), once):
+        torch.testing.assert_close(leaf.grad, 2 * grad, msg=lambda m: f'{name}: {m}')
+
+
 def _token_major(t):
     """t's values in memory with the channels (or states) contiguous: other strides, same sizes."""
     return t.detach().movedim(-1, 1).contiguous().movedim(1, -1).requires_grad_(t.requires_grad)

@@ -20,7 +20,6 @@ Layers: launch configuration (`LaunchConfig`, `launch_config`) -> kernel launche
 `scan_backward`) -> custom ops -> `selective_scan_triton` (called by `interface.selective_scan`) and
 `cross_selective_scan_triton`.
 """
-import functools
 import math
 import os
 import warnings
@@ -675,26 +674,22 @@ def _save(ctx, inputs: tuple, states: torch.Tensor) -> None:
     ctx.options = (delta_softplus, return_last_state, chunk_size, n_splits, height)
 
 
-def _gradients(ctx, dy, dlast, backward) -> tuple:
-    """The inputs' gradients from the saved tensors, through `backward` (the custom op, or `scan_backward`)."""
+def _setup_context(ctx, inputs, output):
+    _save(ctx, inputs, output[2])
+
+
+def _backward(ctx, dy, dlast, _dstates):
+    """The inputs' gradients from the saved tensors, through the backward custom op."""
     u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
     delta_softplus, return_last_state, chunk_size, n_splits, height = ctx.options
     if dy is None:
         dy = torch.zeros_like(u)
     if not return_last_state or dlast is None:
         dlast = None
-    grads = backward(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size, n_splits,
-                     height)
+    grads = selective_scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
+                               n_splits, height)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return (*(None if t is None else g for t, g in zip(inputs, grads)), None, None, None, None, None)
-
-
-def _setup_context(ctx, inputs, output):
-    _save(ctx, inputs, output[2])
-
-
-def _backward(ctx, dy, dlast, _dstates):
-    return _gradients(ctx, dy, dlast, selective_scan_bwd)
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -703,32 +698,46 @@ selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 class _EagerScan(torch.autograd.Function):
     """The same forward and backward as the custom ops, for eager calls: it skips the custom-op dispatch, which
     costs more host time than the kernels themselves at small sizes. `torch.compile` and `torch.export` see the
-    custom ops instead (`selective_scan_triton` picks)."""
+    custom ops instead (`selective_scan_triton` picks).
+
+    Host time: gradients are not materialised (an unused y gets its zeros here; the last state, an empty tensor
+    unless asked for and mostly unused, none), and the gradients are views of the backward's reductions. (Returning
+    the last state only when asked for measured no faster.)"""
 
     @staticmethod
     def forward(ctx, *inputs):
         y, last, states = scan_forward(*inputs)
         _save(ctx, inputs, states)
+        ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        return _gradients(ctx, dy, dlast, _eager_backward)
-
-
-# autograd takes gradients that share storage (views of one reduction), the custom op's outputs may not
-_eager_backward = functools.partial(scan_backward, separate=False)
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        delta_softplus, _, chunk_size, n_splits, height = ctx.options
+        if dy is None:
+            dy = torch.zeros_like(u)
+        grads = scan_backward(dy, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk_size,
+                              n_splits, height, separate=False)
+        return (*grads, None, None, None, None, None)
 
 
 def _traced(tensors) -> bool:
     """Whether this call is being traced (torch.compile, torch.export, fake or functional tensors)."""
     if torch.compiler.is_compiling():
         return True
-    return any(t is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter for t in tensors)
+    for t in tensors:
+        if type(t) not in _UNTRACED:
+            return True
+    return False
 
 
-def _check_dtypes(**tensors) -> None:
-    for name, t in tensors.items():
+_UNTRACED = (torch.Tensor, torch.nn.Parameter, type(None))
+
+
+def _check_dtypes(tensors: tuple) -> None:
+    """`tensors`, in the order of `_FORWARD_INPUTS` (None where absent), in the dtypes the kernels take."""
+    for name, t in zip(_FORWARD_INPUTS, tensors):
         if t is not None and t.dtype not in TRITON_DTYPES:
             raise TypeError(f"selective_scan: backend 'triton' computes in float32 and takes float16, bfloat16 or "
                             f"float32 inputs; {name} is {t.dtype} (use backend='torch' for float64)")
@@ -747,7 +756,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """`interface.selective_scan` on the Triton kernels; `chunk_size` (a power of two) and `n_splits` override the
     launch heuristics. Inputs must be float16, bfloat16 or float32 and on a CUDA device (or on the CPU under
     ``TRITON_INTERPRET=1``)."""
-    _check_dtypes(**dict(zip(_FORWARD_INPUTS, (u, delta, A, B, C, D, z, delta_bias))))
+    _check_dtypes((u, delta, A, B, C, D, z, delta_bias))
     _check_runnable(u)
     y, last = _apply((u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state), chunk_size,
                       n_splits, 0))
@@ -760,7 +769,7 @@ def cross_selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delt
     delta (batch, 4, Di, L), A (4*Di, N), B and C (batch, 4, N, L), D and delta_bias (4*Di,), all in raster order
     of an H x W map -> (batch, Di, L) in u's dtype, the four directions' outputs summed. Each direction's tokens are
     addressed in place (no permuted copies); the merge sums in float32."""
-    _check_dtypes(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
+    _check_dtypes((u, delta, A, B, C, D, None, delta_bias))
     _check_runnable(u)
     if height * width != u.shape[2]:
         raise ValueError(f'cross_selective_scan: height * width = {height * width} does not match L = {u.shape[2]}')
