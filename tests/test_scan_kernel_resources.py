@@ -110,7 +110,7 @@ for i, name in enumerate(fn.arg_names):
         signature[name] = 'i32'
         attrs[(i,)] = [['tt.divisibility', 16]]
 kernel = triton.compile(GluonASTSource(fn, signature, constexprs=consts, attrs=attrs),
-                        target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4))
+                        target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=int(sys.argv[3])))
 path = os.path.join(tempfile.mkdtemp(), 'k.cubin')
 open(path, 'wb').write(kernel.asm['cubin'])
 tool = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
@@ -124,16 +124,18 @@ print(usage['REG'], usage['STACK'], len(re.findall(r'\bshfl\.', ptx)), len(re.fi
 @pytest.mark.parametrize('steps_per_lane, dtype', [(4, 'float32'), (4, 'bfloat16'), (2, 'float32'), (1, 'float32')])
 def test_warp_backward_compiles_for_sm90(steps_per_lane, dtype):
     """The warp-layout backward (Gluon, mmmv/ops/selective_scan/gluon_kernels.py) compiled for sm_90 with this
-    Triton: no spills, and the scans' shuffles stay per chunk (a reverse scan lowered with lane flips, or a layout
+    Triton and the register cap it is launched with: few spills, and the scans' shuffles stay per chunk (a reverse scan lowered with lane flips, or a layout
     conversion between the scans, would add hundreds; 94 at 4 steps per lane with Triton 3.6 and 3.9). Gluon has no
     interpreter, so this is what CI can check of it; tests/test_selective_scan_gpu.py runs it."""
     pytest.importorskip('triton.experimental.gluon')
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    proc = subprocess.run([sys.executable, '-c', WARP_COMPILE, str(steps_per_lane), dtype], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=600)
+    from mmmv.ops.selective_scan.triton_backend import WARP_MAX_REGISTERS
+
+    proc = subprocess.run([sys.executable, '-c', WARP_COMPILE, str(steps_per_lane), dtype, str(WARP_MAX_REGISTERS)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     if proc.returncode != 0 and 'ptxas' in proc.stderr and 'not found' in proc.stderr:
         pytest.skip('this triton has no bundled ptxas')
     assert proc.returncode == 0, proc.stderr[-3000:]
     regs, stack, shuffles, barriers = (int(v) for v in proc.stdout.split()[-4:])
-    assert regs <= 255 and stack == 0, proc.stdout
+    assert regs <= WARP_MAX_REGISTERS and stack <= 64, proc.stdout  # the cap as launched: a few spilled words
     assert shuffles <= 120 and barriers <= 12, proc.stdout
