@@ -124,9 +124,10 @@ print(usage['REG'], usage['STACK'], len(re.findall(r'\bshfl\.', ptx)), len(re.fi
 @pytest.mark.parametrize('steps_per_lane, dtype', [(4, 'float32'), (4, 'bfloat16'), (2, 'float32'), (1, 'float32')])
 def test_warp_backward_compiles_for_sm90(steps_per_lane, dtype):
     """The warp-layout backward (Gluon, mmmv/ops/selective_scan/gluon_kernels.py) compiled for sm_90 with this
-    Triton and the register cap it is launched with: few spills, and the scans' shuffles stay per chunk (a reverse scan lowered with lane flips, or a layout
-    conversion between the scans, would add hundreds; 94 at 4 steps per lane with Triton 3.6 and 3.9). Gluon has no
-    interpreter, so this is what CI can check of it; tests/test_selective_scan_gpu.py runs it."""
+    Triton and the register cap it is launched with: few spills, and the scans' shuffles stay per chunk (a reverse
+    scan lowered with lane flips, or a layout conversion between the scans, would add hundreds; 94 at 4 steps per lane
+    with Triton 3.6 and 3.9). Gluon has no interpreter, so this is what CI can check of it;
+    tests/test_selective_scan_gpu.py runs it."""
     pytest.importorskip('triton.experimental.gluon')
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     from mmmv.ops.selective_scan.triton_backend import WARP_MAX_REGISTERS

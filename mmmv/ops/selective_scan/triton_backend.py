@@ -52,8 +52,8 @@ DIRECTIONS = 4  # of a fused 2D scan
 # are 32 * K steps, K = 4 unless the sequence is short. It has no sequence splits, so below WARP_MIN_PROGRAMS
 # programs per streaming multiprocessor (a detection input's batch of 2) the Triton backward runs, which splits.
 # ``MMMV_SCAN_BACKWARD=triton`` or ``=warp`` picks one (the tests compare them); the default picks by the size.
-# With fewer than WARP_MIN_STATES states (MambaVision's 8) the Triton backward is faster: 1.2-1.5x less time at
-# MambaVision-T/B sizes on an H200, where the warp one is 0.61-0.68x the Triton one's at VSS sizes (16 states).
+# With fewer than WARP_MIN_STATES states (MambaVision's 8) the Triton backward is faster (the warp one took 1.2-1.5x
+# its time at MambaVision-T/B sizes on an H200); at VSS sizes (16 states) the warp one takes 0.55-0.62x its time.
 WARP_BD, WARP_NW = 2, 4
 WARP_MIN_PROGRAMS = 2
 WARP_MIN_STATES = 16
@@ -603,7 +603,7 @@ def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, del
     4 * Di, L) float32 with the directions as groups: a plain scan, whose steps are contiguous in memory. The
     warp-layout backward reads a lane's steps along the tokens; in place, the column-major directions and the
     token-major layouts of VSS would make every such read strided (measured on an H200: 0.93x the Triton backward in
-    place at VM-UNet stage 1, 0.65x on contiguous copies). The forward's chunk states serve as they are (chunks of
+    place at VM-UNet stage 1, 0.76x on these copies). The forward's chunk states serve as they are (chunks of
     scan steps, channels ordered by direction). Gradients come back in raster order, with the shapes and strides of
     the in-place backward's."""
     batch, inner, length = u.shape
