@@ -93,7 +93,7 @@ from mmmv.ops.selective_scan import gluon_kernels
 fn = gluon_kernels._bwd_warp_kernel
 narrow = sys.argv[2] == 'bfloat16'
 constexprs = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, HAS_DLAST=True, BD=2, K=int(sys.argv[1]),
-                  LOGK=int(sys.argv[1]).bit_length() - 1, NW=4)
+                  LOGK=int(sys.argv[1]).bit_length() - 1, NW=4, NP=16)
 signature, consts, attrs = {}, {}, {}
 for i, name in enumerate(fn.arg_names):
     if name in constexprs:

@@ -21,6 +21,7 @@ so that its backward is linear in L), forward + backward at L = 4096, on --devic
     python tools/analysis/benchmark_selective_scan.py                           # GPU tables, one GPU
     python tools/analysis/benchmark_selective_scan.py --loop --out scan.json    # ... and the loop section
     python tools/analysis/benchmark_selective_scan.py --cases vss-s1,mv-t-s3 --dtypes bfloat16 --modes fwd
+    python tools/analysis/benchmark_selective_scan.py --backends triton,mamba_ssm      # without the (slow) torch backend
     python tools/analysis/benchmark_selective_scan.py --device cpu --loop-only  # CPU: loop section only
 """
 import argparse
@@ -75,6 +76,7 @@ LOOP_CASES = [
     Case('VSS stage 1 @256, four directions as channels', 1, 768, 4096, 16),
 ]
 MODES = ('fwd', 'fwd+bwd')
+BACKENDS = ('triton', 'torch', 'mamba_ssm')
 DTYPES = ('float32', 'bfloat16')
 GRAD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
 
@@ -256,7 +258,8 @@ def gpu_tables(args, device) -> List[dict]:
     """Time every backend, case, dtype and mode (per call, and GPU kernel time); print markdown tables."""
     bandwidth = measured_bandwidth(device) if args.measure_bandwidth else args.bandwidth
     print(f'HBM floor at {bandwidth / 1e12:.2f} TB/s ({"measured" if args.measure_bandwidth else "given"})\n')
-    backends = {'triton': mmmv_scan('triton'), 'torch': mmmv_scan('torch'), 'mamba_ssm': mamba_ssm_scan()}
+    makers = {'triton': lambda: mmmv_scan('triton'), 'torch': lambda: mmmv_scan('torch'), 'mamba_ssm': mamba_ssm_scan}
+    backends = {name: makers[name]() for name in args.backends}
     table = {(dtype_name, key): dict(case=key, shape=list(GPU_CASES[key][1:]), dtype=dtype_name, floor_ms={},
                                      **{t: {} for t in TIMINGS})
              for dtype_name in args.dtypes for key in args.cases}
@@ -313,9 +316,9 @@ def _gpu_cells(row: dict, ms: dict, backends, modes, floor: bool = True) -> List
 
     cells = [GPU_CASES[row['case']].name, str(tuple(row['shape']))]
     cells += [cell(ms[f'{backend} {mode}']) for mode in modes for backend in backends]
-    cells += [cell(ratio(ms[f'triton {mode}'], ms[f'mamba_ssm {mode}']), 2, 'x') for mode in modes]
+    cells += [cell(ratio(ms.get(f'triton {mode}'), ms.get(f'mamba_ssm {mode}')), 2, 'x') for mode in modes]
     if floor:
-        cells += [cell(ratio(ms[f'triton {mode}'], row['floor_ms'][mode]), 1, 'x') for mode in modes]
+        cells += [cell(ratio(ms.get(f'triton {mode}'), row['floor_ms'][mode]), 1, 'x') for mode in modes]
     return cells
 
 
@@ -380,6 +383,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--cases', type=names(list(GPU_CASES)), default=list(GPU_CASES),
                         help=f'comma-separated subset of {",".join(GPU_CASES)}')
     parser.add_argument('--dtypes', type=names(DTYPES), default=list(DTYPES))
+    parser.add_argument('--backends', type=names(BACKENDS), default=list(BACKENDS),
+                        help='comma-separated; the torch backend (the CPU path) is slow on these sizes')
     parser.add_argument('--modes', type=names(MODES), default=list(MODES))
     parser.add_argument('--timings', type=names(list(TIMINGS)), default=list(TIMINGS),
                         help='ms: per call as a user sees it; kernel_ms: GPU work only; host_ms: host work only')

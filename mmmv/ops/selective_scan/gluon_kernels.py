@@ -30,6 +30,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 LOG2E = gl.constexpr(1.4426950408889634)
+# a barrier of the program's threads: `gl.barrier` from Triton 3.7, `gl.thread_barrier` before
+_barrier = gl.barrier if hasattr(gl, 'barrier') else gl.thread_barrier
 
 
 @gluon.jit
@@ -89,9 +91,60 @@ def _flip_k(x, LAYOUT: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.
 
 
 @gluon.jit
-def _in_thread_last(x, sel):
-    """The element of each thread's K where `sel`, as an [R, 32] tensor (a sum within the thread)."""
-    return gl.sum(gl.where(sel, x, 0.0), axis=2)
+def _lane_end(x, LAST: gl.constexpr, L2: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr):
+    """x [R, 32, K] -> its first (or LAST) in-thread element as an [R, 32] tensor: splits, i.e. renamed registers."""
+    for b in gl.static_range(LOGK):
+        lo, hi = gl.split(x.reshape([R, 32, K >> (b + 1), 2]))
+        x = hi if LAST else lo
+    return gl.convert_layout(x.reshape([R, 32]), L2)
+
+
+@gluon.jit
+def _next_reversed(a, after, lane, LAYOUT: gl.constexpr, L2: gl.constexpr, R: gl.constexpr, K: gl.constexpr):
+    """The decay of each step's next step, a lane's K steps reversed (as `_flip_k`): [n, a_{K-1}, ..., a_1] from a
+    [R, 32, K], where n is the next lane's a_0, or `after` [R, 32] on the last lane (the next chunk's first step).
+    Renamed registers and one shuffle."""
+    if K == 1:
+        first = gl.convert_layout(a.reshape([R, 32]), L2)
+        nxt = gl.where(lane == 31, after, _down(first, 1))
+        out = gl.expand_dims(nxt, 2)
+    elif K == 2:
+        a0, a1 = gl.split(a)
+        a0 = gl.convert_layout(a0, L2)
+        nxt = gl.where(lane == 31, after, _down(a0, 1))
+        out = gl.join(nxt, gl.convert_layout(a1, L2))
+    else:  # K == 4: k = 2 i + j
+        even, odd = gl.split(a.reshape([R, 32, 2, 2]))
+        a0, a2 = gl.split(even)
+        a1, a3 = gl.split(odd)
+        a0 = gl.convert_layout(a0, L2)
+        nxt = gl.where(lane == 31, after, _down(a0, 1))
+        out = gl.join(gl.join(nxt, gl.convert_layout(a2, L2)), gl.join(gl.convert_layout(a3, L2),
+                                                                          gl.convert_layout(a1, L2))).reshape([R, 32, 4])
+    return gl.convert_layout(out, LAYOUT)
+
+
+@gluon.jit
+def _operands(A_ptr, b_row, c_row, states_ptr, g_ptr, dlast_ptr, d, mask_d, step_in, state_rows, chunk, n, step, L, N,
+              s_ad, s_an, s_bn, s_cn, pid_b, n_fwd_chunks, fwd_chunk, channels, BL: gl.constexpr,
+              HAS_DLAST: gl.constexpr):
+    """What the backward's iteration over (chunk, state n) loads: A[:, n], the B and C rows of the chunk's steps, the
+    forward's state entering the chunk, and the adjoint after it (the scratch g, or d last_state past the end; 0 if
+    neither). Nothing past the first chunk (chunk < 0: the loop's last prefetch)."""
+    ok = chunk >= 0
+    pos = chunk * BL + step_in
+    mask_l = (pos < L) & ok
+    A_n = gl.load(A_ptr + d * s_ad + n * s_an, mask=mask_d & ok, other=0.0).to(gl.float32)
+    B_n = gl.load(b_row + n * s_bn + pos, mask=mask_l, other=0.0).to(gl.float32)
+    C_n = gl.load(c_row + n * s_cn + pos, mask=mask_l, other=0.0).to(gl.float32)
+    h0 = gl.load(states_ptr + ((pid_b * n_fwd_chunks + (chunk * BL) // fwd_chunk) * channels + d) * N + n,
+                 mask=mask_d & ok, other=0.0)
+    if HAS_DLAST:
+        g = gl.where(step == 0, gl.load(dlast_ptr + state_rows + n, mask=mask_d & ok, other=0.0),
+                     gl.load(g_ptr + state_rows + n, mask=mask_d & ok & (step > 0), other=0.0))
+    else:
+        g = gl.load(g_ptr + state_rows + n, mask=mask_d & ok & (step > 0), other=0.0)
+    return A_n, B_n, C_n, h0, g
 
 
 @gluon.jit
@@ -103,7 +156,7 @@ def _bwd_warp_kernel(
     s_bb, s_bg, s_bn, s_cb, s_cg, s_cn, s_ob, s_og, s_od, s_ol,
     s_gb, s_gd, s_gl, s_eb, s_eg, s_ed, s_el,
     HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_DLAST: gl.constexpr,
-    BD: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr, NW: gl.constexpr,
+    BD: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr, NW: gl.constexpr, NP: gl.constexpr,
 ):
     """Gradients for batch pid0 and the R = BD * NW channels of program pid1 (one group of group_channels
     channels; programs_per_group programs per group). B and C are read as (batch, group, N, L) with unit token
@@ -130,12 +183,12 @@ def _bwd_warp_kernel(
     lane = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)  # [1, 32]
     step_in = (gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(1, LT)), 1) * K
                + gl.expand_dims(gl.arange(0, K, layout=gl.SliceLayout(0, LT)), 0))  # [32, K]: lane * K + k
-    klast = gl.expand_dims((step_in % K) == K - 1, 0)
     bias = gl.load(bias_ptr + d, mask=mask_d & HAS_BIAS, other=0.0).to(gl.float32)
     bias3 = gl.expand_dims(gl.expand_dims(bias, 1), 2)
     skip3 = gl.expand_dims(gl.expand_dims(gl.load(D_ptr + d, mask=mask_d & HAS_D, other=0.0).to(gl.float32), 1), 2)
     u_rows = gl.expand_dims(gl.expand_dims(pid_b * s_ub + group * s_ug + d_in * s_ud, 1), 2)
-    delta_rows = gl.expand_dims(gl.expand_dims(pid_b * s_db + group * s_dg + d_in * s_dd, 1), 2)
+    delta_row = pid_b * s_db + group * s_dg + d_in * s_dd
+    delta_rows = gl.expand_dims(gl.expand_dims(delta_row, 1), 2)
     dout_rows = gl.expand_dims(gl.expand_dims(pid_b * s_ob + group * s_og + d_in * s_od, 1), 2)
     du_rows = gl.expand_dims(gl.expand_dims(pid_b * s_gb + d * s_gd, 1), 2)
     ddelta_rows = gl.expand_dims(gl.expand_dims(pid_b * s_eb + group * s_eg + d_in * s_ed, 1), 2)
@@ -144,8 +197,21 @@ def _bwd_warp_kernel(
     part_row = (pid_b * gl.num_programs(1) + pid_p) * N * L
     state_rows = (pid_b * channels + d) * N  # rows of dA, the scratch g and dlast
     n_chunks = gl.cdiv(L, BL)
+    # shared memory: dA's per-thread sums (NP states x the program's [R, 32] threads' values), and S states of the
+    # warps' dB / dC rows (each warp's sums over its own channels); LF reads a state's NW rows, each thread a column
+    S: gl.constexpr = NW
+    dA_smem = gl.allocate_shared_memory(gl.float32, [NP, R, 32], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    dB_smem = gl.allocate_shared_memory(gl.float32, [S, NW, BL], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    dC_smem = gl.allocate_shared_memory(gl.float32, [S, NW, BL], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    LF: gl.constexpr = gl.BlockedLayout([NW, 1], [1, 32], [1, NW], [0, 1])  # [NW, BL]
+    flush_steps = gl.arange(0, BL, layout=gl.SliceLayout(0, LF))
     dD_acc = gl.zeros([R], gl.float32, LC)
     dbias_acc = gl.zeros([R], gl.float32, LC)
+    # a (chunk, state) iteration's operands are loaded one iteration ahead: the loop is not pipelined, and each
+    # state's first instructions would otherwise wait for them
+    A_nx, B_nx, C_nx, h0_nx, g_nx = _operands(A_ptr, b_row, c_row, states_ptr, g_ptr, dlast_ptr, d, mask_d, step_in,
+                                              state_rows, n_chunks - 1, 0, 0, L, N, s_ad, s_an, s_bn, s_cn, pid_b,
+                                              n_fwd_chunks, fwd_chunk, channels, BL, HAS_DLAST)
     for step in range(n_chunks):
         chunk = n_chunks - 1 - step
         pos = chunk * BL + step_in
@@ -157,64 +223,76 @@ def _bwd_warp_kernel(
                         mask, SOFTPLUS)
         x = dt * gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
         dy = gl.load(dout_ptr + dout_rows + tok3 * s_ol, mask=mask, other=0.0).to(gl.float32)
-        # the decay linking a step to the next, with each lane's steps reversed (`_flip_k`: renamed registers) for
-        # the adjoint's in-thread scan
-        mask_next = gl.expand_dims(pos + 1 < L, 0) & mask_d3
-        dt_next_rv = _flip_k(_time_step(gl.load(delta_ptr + delta_rows + gl.expand_dims(tok + 1, 0) * s_dl,
-                                                mask=mask_next, other=0.0).to(gl.float32) + bias3, mask_next, SOFTPLUS),
-                             L3, R, K, LOGK)
+        # the time step of the next chunk's first step (past the end: 0, a decay of 1), for the adjoint's decays
+        after_pos = (chunk + 1) * BL
+        mask_after = mask_d & (after_pos < L)
+        dt_after = gl.expand_dims(_time_step(gl.load(delta_ptr + delta_row + after_pos * s_dl, mask=mask_after,
+                                                     other=0.0).to(gl.float32) + bias, mask_after, SOFTPLUS), 1)
         gB_acc = gl.zeros([R, 32, K], gl.float32, L3)
         zA_acc = gl.zeros([R, 32, K], gl.float32, L3)
-        h0_rows = ((pid_b * n_fwd_chunks + (chunk * BL) // fwd_chunk) * channels + d) * N
         for n in range(N):
-            A_n = gl.load(A_ptr + d * s_ad + n * s_an, mask=mask_d, other=0.0).to(gl.float32)
+            A_n, Bn, Cn, h0, g_after = A_nx, B_nx, C_nx, h0_nx, g_nx
+            wrap = (n + 1) // N  # 1 at the chunk's last state: the next is state 0 of the chunk before
+            A_nx, B_nx, C_nx, h0_nx, g_nx = _operands(A_ptr, b_row, c_row, states_ptr, g_ptr, dlast_ptr, d, mask_d,
+                                                      step_in, state_rows, chunk - wrap, n + 1 - wrap * N,
+                                                      step + wrap, L, N, s_ad, s_an, s_bn, s_cn, pid_b, n_fwd_chunks,
+                                                      fwd_chunk, channels, BL, HAS_DLAST)
             A3 = gl.expand_dims(gl.expand_dims(A_n, 1), 2)
-            Bn = gl.expand_dims(gl.load(b_row + n * s_bn + tok, mask=mask_l, other=0.0).to(gl.float32), 0)
-            Cn = gl.expand_dims(gl.load(c_row + n * s_cn + tok, mask=mask_l, other=0.0).to(gl.float32), 0)
+            Bn = gl.expand_dims(Bn, 0)
+            Cn = gl.expand_dims(Cn, 0)
             # states: h_t = a_t h_{t-1} + x_t B_t from the chunk-entry state h0, in the thread, then over lanes
             a = gl.exp2(dt * (A3 * LOG2E))
             drive = x * Bn
             pa, pb = gl.associative_scan((a, drive), 2, _combine)
-            h0 = gl.expand_dims(gl.load(states_ptr + h0_rows + n, mask=mask_d, other=0.0), 1)
-            agg_a = _in_thread_last(pa, klast)
-            agg_b = _in_thread_last(pb, klast)
+            h0 = gl.expand_dims(h0, 1)
+            agg_a = _lane_end(pa, True, L2, R, K, LOGK)
+            agg_b = _lane_end(pb, True, L2, R, K, LOGK)
             agg_b = gl.where(lane == 0, agg_b + agg_a * h0, agg_b)
             _, h_end = gl.associative_scan((gl.convert_layout(agg_a, LB2), gl.convert_layout(agg_b, LB2)), 1,
                                            _combine)  # the state at each lane's last step
             h_before = gl.where(lane == 0, h0, _shuffle(gl.convert_layout(h_end, L2),
                                                         "shfl.sync.up.b32 $0, $1, 1, 0x0, -1;"))
             h = pb + pa * gl.expand_dims(h_before, 2)
-            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}: in the thread (reversed steps), then over lanes from the end
-            qa, qg = gl.associative_scan((gl.exp2(dt_next_rv * (A3 * LOG2E)), _flip_k(Cn * dy, L3, R, K, LOGK)), 2,
-                                         _combine)
-            P = _in_thread_last(qa, klast)  # a lane's first step is the last of its reversed steps
-            G = _in_thread_last(qg, klast)
+            # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}: in the thread (reversed steps), then over lanes from the end;
+            # a_{t+1} is a's next register, the next lane's first or the next chunk's first step's decay
+            a_after = gl.exp2(dt_after * (gl.expand_dims(A_n, 1) * LOG2E))
+            qa, qg = gl.associative_scan((_next_reversed(a, a_after, lane, L3, L2, R, K),
+                                          _flip_k(Cn * dy, L3, R, K, LOGK)), 2, _combine)
+            P = _lane_end(qa, True, L2, R, K, LOGK)  # a lane's first step is the last of its reversed steps
+            G = _lane_end(qg, True, L2, R, K, LOGK)
             P, G = _suffix_step(P, G, lane, 1)
             P, G = _suffix_step(P, G, lane, 2)
             P, G = _suffix_step(P, G, lane, 4)
             P, G = _suffix_step(P, G, lane, 8)
             P, G = _suffix_step(P, G, lane, 16)
             # g at the next chunk's first step (or d last_state past the sequence's end)
-            carry_ptrs = g_ptr + state_rows + n
-            if HAS_DLAST:
-                g_after = gl.where(step == 0, gl.load(dlast_ptr + state_rows + n, mask=mask_d, other=0.0),
-                                   gl.load(carry_ptrs, mask=mask_d & (step > 0), other=0.0))
-            else:
-                g_after = gl.load(carry_ptrs, mask=mask_d & (step > 0), other=0.0)
             g_after = gl.expand_dims(g_after, 1)
             g_first = G + P * g_after  # g at each lane's first step
             g_next_lane = gl.where(lane == 31, g_after, _down(g_first, 1))
-            gl.store(gl.expand_dims(carry_ptrs, 1) + lane * 0, g_first, mask=(lane == 0) & mask_d2)
+            gl.store(gl.expand_dims(g_ptr + state_rows + n, 1) + lane * 0, g_first, mask=(lane == 0) & mask_d2)
             g = _flip_k(qg + qa * gl.expand_dims(g_next_lane, 2), L3, R, K, LOGK)
             # a_t h_{t-1} = h_t - x_t B_t: the decay's share of the state
             carried = (h - drive) * g
             gB_acc += g * Bn
             zA_acc += carried * A3
-            dA_ptrs = dA_ptr + state_rows + n
-            dA_n = gl.sum(gl.sum(carried * dt, axis=2), axis=1)
-            gl.store(dA_ptrs, gl.load(dA_ptrs, mask=mask_d & (step > 0), other=0.0) + dA_n, mask=mask_d)
-            gl.store(dB_ptr + part_row + n * L + tok, gl.sum(g * x, axis=0), mask=mask_l)
-            gl.store(dC_ptr + part_row + n * L + tok, gl.sum(h * dy, axis=0), mask=mask_l)
+            # dA: each thread's running sums (its channels, its lane's steps) in shared memory, summed over the
+            # lanes at the end; no shuffles here
+            dA_lane = gl.sum(carried * dt, axis=2)
+            dA_slot = dA_smem.index(n)
+            dA_slot.store(gl.where(step > 0, dA_slot.load(L2), 0.0) + dA_lane)
+            # dB, dC: each warp's sums over its own channels (in the thread) wait in shared memory; every S states
+            # the warps' rows are added up, a warp per state, and stored: two barriers per S states
+            slot = n % S
+            dB_smem.index(slot).store(gl.sum((g * x).reshape([NW, BD, 32, K]), axis=1).reshape([NW, BL]))
+            dC_smem.index(slot).store(gl.sum((h * dy).reshape([NW, BD, 32, K]), axis=1).reshape([NW, BL]))
+            if (slot == S - 1) | (n == N - 1):
+                _barrier()
+                flush_mask = chunk * BL + flush_steps < L
+                for j in gl.static_range(S):
+                    flush_ptrs = part_row + (n - slot + j) * L + chunk * BL + flush_steps
+                    gl.store(dB_ptr + flush_ptrs, gl.sum(dB_smem.index(j).load(LF), axis=0), mask=flush_mask & (j <= slot))
+                    gl.store(dC_ptr + flush_ptrs, gl.sum(dC_smem.index(j).load(LF), axis=0), mask=flush_mask & (j <= slot))
+                _barrier()
         u = gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
         du = gB_acc * dt
         if HAS_D:
@@ -228,5 +306,7 @@ def _bwd_warp_kernel(
         dbias_acc += gl.sum(gl.sum(ddt, axis=2), axis=1)
         gl.store(du_ptr + du_rows + tok3 * s_gl, du.to(du_ptr.dtype.element_ty), mask=mask)
         gl.store(ddelta_ptr + ddelta_rows + tok3 * s_el, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+    for n in range(N):
+        gl.store(dA_ptr + state_rows + n, gl.sum(dA_smem.index(n).load(L2), axis=1), mask=mask_d)
     gl.store(dD_ptr + pid_b * channels + d, dD_acc, mask=mask_d)
     gl.store(dbias_ptr + pid_b * channels + d, dbias_acc, mask=mask_d)

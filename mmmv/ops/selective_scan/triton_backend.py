@@ -52,14 +52,15 @@ DIRECTIONS = 4  # of a fused 2D scan
 # are 32 * K steps, K = 4 unless the sequence is short. It has no sequence splits, so below WARP_MIN_PROGRAMS
 # programs per streaming multiprocessor (a detection input's batch of 2) the Triton backward runs, which splits.
 # ``MMMV_SCAN_BACKWARD=triton`` or ``=warp`` picks one (the tests compare them); the default picks by the size.
-# With fewer than WARP_MIN_STATES states (MambaVision's 8) the Triton backward is faster (the warp one took 1.2-1.5x
-# its time at MambaVision-T/B sizes on an H200); at VSS sizes (16 states) the warp one takes 0.55-0.62x its time.
+# On an H200 it took 0.25x the Triton backward's time at VSS stage 1 (16 states) and 0.64-0.66x at MambaVision-T / B
+# stage 3 (8 states); below 8 states it is untried.
 WARP_BD, WARP_NW = 2, 4
 WARP_MIN_PROGRAMS = 2
-WARP_MIN_STATES = 16
-# Registers per thread: ptxas takes 180 (float32) to 220 (bfloat16) at 4 steps per lane, two programs of 128
-# threads per SM; capped at 168 it spills 16 bytes and fits three, and the backward took 0.80x the uncapped time on
-# an H200 at VSS stage 1 (3.12 against 3.88 ms in float32, 3.02 against 3.79 in bfloat16).
+WARP_MIN_STATES = 8
+# Its shared memory holds every state's dA sums (1 KiB per padded state) besides the dB / dC rows: up to 64 states.
+WARP_MAX_STATES = 64
+# Registers per thread: ptxas would take 232 (float32, 4 steps per lane), two programs of 128 threads per SM; capped
+# at 168 it takes 150-168 without spills and fits three.
 WARP_MAX_REGISTERS = 168
 
 
@@ -518,13 +519,14 @@ class _Warp:
 def _warp_backward_k(u, z, group_channels: int, dim: int, length: int, cfg: LaunchConfig,
                      chunk_size: Optional[int], n_splits: Optional[int], launch: bool) -> int:
     """K (steps per lane) of the warp-layout backward for this call, or 0 for the Triton backward: the CUDA path
-    without z, with the forward's chunk dividing the warp's 32 * K steps, 16 states or more, enough programs to fill
+    without z, with the forward's chunk dividing the warp's 32 * K steps, 8 to 64 states, enough programs to fill
     the GPU (else the Triton backward's sequence splits do better) and no splits asked for; ``MMMV_SCAN_BACKWARD``
     overrides the size rules."""
     choice = os.environ.get('MMMV_SCAN_BACKWARD', 'auto').strip().lower()
     if choice not in ('auto', 'warp', 'triton'):
         raise ValueError(f"MMMV_SCAN_BACKWARD must be 'auto', 'warp' or 'triton', got {choice!r}")
-    if not launch or choice == 'triton' or u.device.type != 'cuda' or z is not None or n_splits is not None:
+    if (not launch or choice == 'triton' or u.device.type != 'cuda' or z is not None or n_splits is not None
+            or cfg.states_padded > WARP_MAX_STATES):
         return 0
     k = 4 if length > 64 else 2 if length > 32 else 1
     if (32 * k) % cfg.chunk:
@@ -565,7 +567,8 @@ def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, stat
     try:
         launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
                       SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, BD=WARP_BD, K=k,
-                      LOGK=k.bit_length() - 1, NW=WARP_NW, num_warps=WARP_NW, maxnreg=WARP_MAX_REGISTERS)
+                      LOGK=k.bit_length() - 1, NW=WARP_NW, NP=cfg.states_padded, num_warps=WARP_NW,
+                      maxnreg=WARP_MAX_REGISTERS)
     except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
         _Warp.failed = f'{type(error).__name__}: {error}'
         warnings.warn(f'selective_scan: the warp-layout backward did not compile with this Triton '
