@@ -38,3 +38,12 @@ def test_host_table_has_no_floor_ratio():
     backends = ('triton', 'mamba_ssm')
     assert bench._gpu_cells(row, row['host_ms'], backends, ['fwd'], floor=False)[-1] == '2.00x'
     assert bench._gpu_cells(row, row['host_ms'], backends, ['fwd'])[-1] == '8.0x'
+
+
+def test_backends_are_chosen_by_name_and_a_missing_one_leaves_na():
+    assert bench.parse_args(['--backends', 'triton,mamba_ssm']).backends == ['triton', 'mamba_ssm']
+    assert bench.parse_args([]).backends == list(bench.BACKENDS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--backends', 'cuda'])
+    row = dict(case='mv-t-s4', shape=[128, 320, 49, 8], floor_ms={'fwd': 0.01}, ms={'triton fwd': 0.08})
+    assert bench._gpu_cells(row, row['ms'], ('triton', ), ['fwd'])[-2:] == ['n/a', '8.0x']

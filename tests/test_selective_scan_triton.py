@@ -85,6 +85,19 @@ def test_non_contiguous_inputs_are_read_in_place():
     assert_matches_reference(views, scan=triton_scan(8, 2))
 
 
+def test_strided_skip_and_bias_vectors():
+    """D and delta_bias as strided views (every other element of a parameter): the kernels read them with unit
+    stride, so the path must hand them over contiguous (their values once came out wrong)."""
+    inputs = make_inputs(length=9, device=DEVICE)
+    dim = inputs['u'].shape[1]
+    views = {}
+    for name in ('D', 'delta_bias'):
+        wide = torch.stack([inputs[name].detach(), torch.full_like(inputs[name], 50.0)], 1).flatten().requires_grad_()
+        views[name] = wide[::2]
+        assert views[name].stride() == (2, ) and views[name].shape == (dim, )
+    assert_matches_reference(dict(inputs, **views), scan=triton_scan(4))
+
+
 def test_mixed_dtypes():
     inputs = make_inputs(length=17, dtype=torch.bfloat16, device=DEVICE)
     inputs['delta'] = inputs['delta'].detach().float().requires_grad_()

@@ -301,6 +301,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, retu
 
     What depends only on the inputs' sizes, strides and dtypes and on the options is planned once per such key
     (`_forward_plan`; host time: the same layers run every step)."""
+    D, delta_bias = _unit_stride(D), _unit_stride(delta_bias)
     if launch:
         _check_runnable(u)
     options = (delta_softplus, return_last_state, chunk_size, n_splits, height)
@@ -404,6 +405,7 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
 
 def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
                    chunk_size: Optional[int], n_splits: Optional[int], height: int, launch: bool, separate: bool):
+    D, delta_bias = _unit_stride(D), _unit_stride(delta_bias)
     if launch:
         _check_runnable(u)
     # the kernel choice's switches are part of the key: the choice is planned
@@ -473,6 +475,11 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
         dD = None if D is None else _cast(dD, D.dtype)
         dbias = None if delta_bias is None else _cast(dbias, delta_bias.dtype)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def _unit_stride(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """D or delta_bias as the kernels read them, with unit stride (a strided view is copied; it has D elements)."""
+    return t if t is None or t.stride(0) == 1 else t.contiguous()
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
