@@ -8,7 +8,10 @@ chunks of 32 * K steps; the tile is [R, 32, K]: each warp owns BD channels, held
 steps, K consecutive ones per lane. The states are a loop. So
 
 - the sums over the states are running sums in registers, and dB / dC's sums over a warp's channels are in-thread;
-  only the sum over the NW warps' channels meets in shared memory;
+  each warp leaves its rows in shared memory, and every S = NW states the program adds the NW warps' rows up (a
+  warp per state) between two barriers. (Summed across the warps at every state, as `gl.sum` over the channels
+  does, the barriers and shared-memory round trips took 55% of the kernel's time on an H200.) dA's sums over the
+  tokens stay per thread in shared memory until the end (no shuffles per state);
 - both scans are in-thread sequential scans followed by a warp scan of the 32 lane aggregates: the forward with
   Triton's warp scan, the adjoint (from the end) with `shfl.down` steps written in PTX (`_suffix_step`): Triton
   lowers a reverse scan with a lane flip per value, and Gluon has no other way to shuffle down. The adjoint's
@@ -16,10 +19,17 @@ steps, K consecutive ones per lane. The states are a loop. So
   runs forward, and its result is put back in order the same way. (Loading them reversed instead cost 50 more
   registers per thread: the reversed addresses and masks stay live.)
 
+- the adjoint's decays a_{t+1} are the forward's a_t one register (or lane: one shuffle) on: one exp2 per state
+  element, not two;
+- an iteration's operands (A's column, the B and C rows, the chunk-entry state, the adjoint carried in) are loaded
+  one iteration ahead, since nothing else pipelines the loop.
+
 No shared memory or barrier is needed for the scans. The adjoint carried from a chunk to the one before it lives in
 a small scratch buffer (one value per (batch, channel, state)); the state entering a chunk is the forward's stored
 chunk-entry state. Sums over channels (dB, dC) go to per-program partial rows and sums over tokens (dA, dD,
 d delta_bias) to per-batch rows, added up afterwards in a fixed order, as in the Triton backward: deterministic.
+Shared memory: 1 KiB per (padded) state for dA and 2 * NW * NW * 32 * K floats for the dB / dC rows, 32 KiB at 16
+states (`triton_backend.WARP_MAX_STATES` bounds the states).
 
 Plain (grouped) scans only: the fused four-direction backward reaches this kernel on copies in scan order
 (`triton_backend._cross_backward_in_steps`). Gluon has no interpreter: the Triton backward remains the path on the
@@ -119,8 +129,9 @@ def _next_reversed(a, after, lane, LAYOUT: gl.constexpr, L2: gl.constexpr, R: gl
         a1, a3 = gl.split(odd)
         a0 = gl.convert_layout(a0, L2)
         nxt = gl.where(lane == 31, after, _down(a0, 1))
-        out = gl.join(gl.join(nxt, gl.convert_layout(a2, L2)), gl.join(gl.convert_layout(a3, L2),
-                                                                          gl.convert_layout(a1, L2))).reshape([R, 32, 4])
+        even_out = gl.join(nxt, gl.convert_layout(a2, L2))
+        odd_out = gl.join(gl.convert_layout(a3, L2), gl.convert_layout(a1, L2))
+        out = gl.join(even_out, odd_out).reshape([R, 32, 4])
     return gl.convert_layout(out, LAYOUT)
 
 
@@ -290,8 +301,9 @@ def _bwd_warp_kernel(
                 flush_mask = chunk * BL + flush_steps < L
                 for j in gl.static_range(S):
                     flush_ptrs = part_row + (n - slot + j) * L + chunk * BL + flush_steps
-                    gl.store(dB_ptr + flush_ptrs, gl.sum(dB_smem.index(j).load(LF), axis=0), mask=flush_mask & (j <= slot))
-                    gl.store(dC_ptr + flush_ptrs, gl.sum(dC_smem.index(j).load(LF), axis=0), mask=flush_mask & (j <= slot))
+                    row_mask = flush_mask & (j <= slot)
+                    gl.store(dB_ptr + flush_ptrs, gl.sum(dB_smem.index(j).load(LF), axis=0), mask=row_mask)
+                    gl.store(dC_ptr + flush_ptrs, gl.sum(dC_smem.index(j).load(LF), axis=0), mask=row_mask)
                 _barrier()
         u = gl.load(u_ptr + u_rows + tok3 * s_ul, mask=mask, other=0.0).to(gl.float32)
         du = gB_acc * dt
