@@ -110,7 +110,7 @@ for i, name in enumerate(fn.arg_names):
         signature[name] = 'i32'
         attrs[(i,)] = [['tt.divisibility', 16]]
 kernel = triton.compile(GluonASTSource(fn, signature, constexprs=consts, attrs=attrs),
-                        target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=int(sys.argv[3])))
+                        target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4, maxnreg=int(sys.argv[3]), enable_fp_fusion=True))
 path = os.path.join(tempfile.mkdtemp(), 'k.cubin')
 open(path, 'wb').write(kernel.asm['cubin'])
 tool = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')

@@ -102,7 +102,7 @@ def compile_launch(fn, args: tuple, kwargs: dict, capability: int):
     from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.compiler import ASTSource
     kwargs = dict(kwargs)
-    num_warps = kwargs.pop('num_warps', 4)
+    options = dict(num_warps=kwargs.pop('num_warps', 4), enable_fp_fusion=kwargs.pop('enable_fp_fusion', True))
     signature, constants, attrs = {}, {}, {}
     for index, name in enumerate(fn.arg_names):
         if name in kwargs:
@@ -120,7 +120,7 @@ def compile_launch(fn, args: tuple, kwargs: dict, capability: int):
             if hint == 'D':
                 attrs[(index, )] = [['tt.divisibility', 16]]
     source = ASTSource(fn, signature, constexprs=constants, attrs=attrs)
-    return triton.compile(source, target=GPUTarget('cuda', capability, 32), options=dict(num_warps=num_warps))
+    return triton.compile(source, target=GPUTarget('cuda', capability, 32), options=options)
 
 
 def resources(compiled, scratch: str) -> Dict[str, int]:

@@ -62,6 +62,9 @@ WARP_MAX_STATES = 64
 # Registers per thread: ptxas would take 232 (float32, 4 steps per lane), two programs of 128 threads per SM; capped
 # at 168 it takes 150-168 without spills and fits three.
 WARP_MAX_REGISTERS = 168
+# Every launch asks for fused multiply-adds, as the kernels were written and measured with: Triton 3.10 turns them off
+# by default (and 3.9 warns at each compile that does not say).
+FP_FUSION = dict(enable_fp_fusion=True)
 
 
 def interpreting() -> bool:
@@ -273,7 +276,8 @@ def _forward_plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
         return _ForwardPlan(cfg, dim, grid, (), {}, (), {})
     u_strides = _grouped_strides(u, group_channels, shared=bool(height))
     delta_strides = _grouped_strides(delta, group_channels)
-    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps)
+    flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps,
+                 **FP_FUSION)
     carry_scalars = (length, dim, dim // B.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
                      cfg.fwd_splits, state, height, *u_strides, *delta_strides, *A.stride(), *B.stride())
     scalars = (length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.fwd_chunks_per_split,
@@ -389,7 +393,7 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
     z_strides = _optional(z, u).stride()
     flags = dict(CROSS=bool(height), BD=cfg.block_d, NP=cfg.states_padded, BL=cfg.chunk, num_warps=cfg.num_warps,
-                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
+                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **FP_FUSION)
     carry_scalars = (length, dim, dim // C.shape[1], group_channels, tiles_per_group, cfg.bwd_chunks_per_split,
                      splits, state, height, *delta_strides, *A.stride(), *C.stride(), *z_strides, *dout_strides)
     scalars = (length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, cfg.bwd_ch_per_program, per_group,
@@ -575,7 +579,7 @@ def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, stat
         launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
                       SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, BD=WARP_BD, K=k,
                       LOGK=k.bit_length() - 1, NW=WARP_NW, NP=cfg.states_padded, num_warps=WARP_NW,
-                      maxnreg=WARP_MAX_REGISTERS)
+                      maxnreg=WARP_MAX_REGISTERS, **FP_FUSION)
     except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
         _Warp.failed = f'{type(error).__name__}: {error}'
         warnings.warn(f'selective_scan: the warp-layout backward did not compile with this Triton '
