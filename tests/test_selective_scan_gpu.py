@@ -206,6 +206,27 @@ def test_warp_backward_lengths(length, warp_backward):
     assert warp_backward
 
 
+@pytest.mark.parametrize('state', [5, 6, 12, 24, 64])
+def test_warp_backward_state_counts(state, warp_backward):
+    """State counts that leave a partial block of the dB / dC rows kept in shared memory (4 states per block), and
+    the largest count whose dA sums fit its shared memory."""
+    inputs = make_inputs(batch=2, dim=12, length=100, state=state, device='cuda', z=False)
+    assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+    assert warp_backward
+
+
+def test_warp_backward_leaves_more_than_64_states_to_the_triton_backward(monkeypatch):
+    from mmmv.ops.selective_scan import triton_backend
+
+    monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')
+    launches = []
+    launch = triton_backend._launch_warp_backward
+    monkeypatch.setattr(triton_backend, '_launch_warp_backward', lambda *a, **k: launches.append(1) or launch(*a, **k))
+    inputs = make_inputs(batch=2, dim=12, length=40, state=80, device='cuda', z=False)
+    assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+    assert not launches
+
+
 def test_warp_backward_is_the_default_at_training_sizes():
     from mmmv.ops.selective_scan import triton_backend
 
