@@ -287,7 +287,8 @@ def _bwd_warp_kernel(
             gB_acc += g * Bn
             zA_acc += carried * A3
             # dA: each thread's running sums (its channels, its lane's steps) in shared memory, summed over the
-            # lanes at the end; no shuffles here
+            # lanes at the end; no shuffles here, but the compiler puts a barrier before the read and the write
+            # (it cannot tell that each thread touches only its own words)
             dA_lane = gl.sum(carried * dt, axis=2)
             dA_slot = dA_smem.index(n)
             dA_slot.store(gl.where(step > 0, dA_slot.load(L2), 0.0) + dA_lane)
