@@ -368,16 +368,18 @@ def environment(device) -> Dict[str, str]:
                 mamba_ssm=version('mamba_ssm'), mmmv=mmmv_version)
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    def names(valid):
-        def parse(text):
-            chosen = [name.strip() for name in text.split(',') if name.strip()]
-            unknown = [name for name in chosen if name not in valid]
-            if unknown or not chosen:
-                raise argparse.ArgumentTypeError(f'unknown {unknown}; choose from {", ".join(valid)}')
-            return chosen
-        return parse
+def names(valid) -> Callable[[str], List[str]]:
+    """An argparse type: a comma-separated list of names from `valid`."""
+    def parse(text):
+        chosen = [name.strip() for name in text.split(',') if name.strip()]
+        unknown = [name for name in chosen if name not in valid]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f'unknown {unknown}; choose from {", ".join(valid)}')
+        return chosen
+    return parse
 
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cases', type=names(list(GPU_CASES)), default=list(GPU_CASES),
