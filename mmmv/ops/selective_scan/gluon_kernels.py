@@ -101,11 +101,10 @@ def _flip_k(x, LAYOUT: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.
 
 
 @gluon.jit
-def _lane_end(x, LAST: gl.constexpr, L2: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr):
-    """x [R, 32, K] -> its first (or LAST) in-thread element as an [R, 32] tensor: splits, i.e. renamed registers."""
+def _lane_last(x, L2: gl.constexpr, R: gl.constexpr, K: gl.constexpr, LOGK: gl.constexpr):
+    """x [R, 32, K] -> its last in-thread element as an [R, 32] tensor: splits, i.e. renamed registers."""
     for b in gl.static_range(LOGK):
-        lo, hi = gl.split(x.reshape([R, 32, K >> (b + 1), 2]))
-        x = hi if LAST else lo
+        _, x = gl.split(x.reshape([R, 32, K >> (b + 1), 2]))
     return gl.convert_layout(x.reshape([R, 32]), L2)
 
 
@@ -256,8 +255,8 @@ def _bwd_warp_kernel(
             drive = x * Bn
             pa, pb = gl.associative_scan((a, drive), 2, _combine)
             h0 = gl.expand_dims(h0, 1)
-            agg_a = _lane_end(pa, True, L2, R, K, LOGK)
-            agg_b = _lane_end(pb, True, L2, R, K, LOGK)
+            agg_a = _lane_last(pa, L2, R, K, LOGK)
+            agg_b = _lane_last(pb, L2, R, K, LOGK)
             agg_b = gl.where(lane == 0, agg_b + agg_a * h0, agg_b)
             _, h_end = gl.associative_scan((gl.convert_layout(agg_a, LB2), gl.convert_layout(agg_b, LB2)), 1,
                                            _combine)  # the state at each lane's last step
@@ -269,8 +268,8 @@ def _bwd_warp_kernel(
             a_after = gl.exp2(dt_after * (gl.expand_dims(A_n, 1) * LOG2E))
             qa, qg = gl.associative_scan((_next_reversed(a, a_after, lane, L3, L2, R, K),
                                           _flip_k(Cn * dy, L3, R, K, LOGK)), 2, _combine)
-            P = _lane_end(qa, True, L2, R, K, LOGK)  # a lane's first step is the last of its reversed steps
-            G = _lane_end(qg, True, L2, R, K, LOGK)
+            P = _lane_last(qa, L2, R, K, LOGK)  # a lane's first step is the last of its reversed steps
+            G = _lane_last(qg, L2, R, K, LOGK)
             P, G = _suffix_step(P, G, lane, 1)
             P, G = _suffix_step(P, G, lane, 2)
             P, G = _suffix_step(P, G, lane, 4)
