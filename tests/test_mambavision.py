@@ -160,6 +160,36 @@ def test_with_cp_gives_same_gradients():
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_channels_last_convolutional_stages():
+    """The stem and the convolutional stages run channels-last (weights stored so, a loaded state dict kept so), the
+    hybrid stages and the returned maps do not change, and the numbers are those of the NCHW model in float64."""
+    torch.manual_seed(0)
+    nchw = MambaVision(tiny_arch(), drop_path_rate=0.0, channels_last=False).double()
+    ours = MambaVision(tiny_arch(), drop_path_rate=0.0).double()
+    ours.load_state_dict(nchw.state_dict())
+    convs = ours._convolutions()
+    assert len(convs) == 8  # the stem's 2, each convolutional stage's block (2) and downsampling (1)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last) for m in nchw.modules()
+                   if isinstance(m, torch.nn.Conv2d))
+    seen = {}
+    ours.stages[0].blocks[0].register_forward_hook(lambda m, i, o: seen.setdefault('stage0', o))
+    x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
+    for model in (nchw, ours):
+        model.train()
+    outs, ref = ours(x), nchw(x)
+    assert seen['stage0'].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(outs, ref):
+        assert a.is_contiguous() and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    sum(o.sum() for o in outs).backward()
+    sum(o.sum() for o in ref).backward()
+    for (name, pa), (_, pb) in zip(ours.named_parameters(), nchw.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-9, atol=1e-10, msg=name)
+    with pytest.raises(TypeError, match='channels_last must be True or False'):
+        MambaVision(tiny_arch(), channels_last='yes')
+
+
 def test_arch_names_and_errors():
     with torch.device('meta'):
         assert MambaVision('tiny').arch_settings['dim'] == 80
