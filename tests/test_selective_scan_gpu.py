@@ -175,8 +175,8 @@ def warp_backward(monkeypatch):
 
     monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')
     launches = []
-    launch = triton_backend._launch_warp_backward
-    monkeypatch.setattr(triton_backend, '_launch_warp_backward', lambda *a, **k: launches.append(1) or launch(*a, **k))
+    launch = triton_backend._launch_warp
+    monkeypatch.setattr(triton_backend, '_launch_warp', lambda *a, **k: launches.append(1) or launch(*a, **k))
     yield launches
     assert triton_backend._Warp.failed is None, triton_backend._Warp.failed
 
@@ -215,8 +215,11 @@ def test_warp_backward_state_counts(state, warp_backward):
     assert warp_backward
 
 
-def test_warp_backward_leaves_more_than_64_states_to_the_triton_backward(warp_backward):
-    inputs = make_inputs(batch=2, dim=12, length=40, state=80, device='cuda', z=False)
+@pytest.mark.parametrize('state', [1, 80])
+def test_warp_backward_leaves_one_or_more_than_64_states_to_the_triton_backward(state, warp_backward):
+    """More than 64: its shared memory; one: the operands' prefetch would read the adjoint carried between chunks
+    before it is written."""
+    inputs = make_inputs(batch=2, dim=12, length=300, state=state, device='cuda', z=False)
     assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
     assert not warp_backward
 

@@ -290,6 +290,25 @@ def _forward_plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
                       NARROW=_narrow(u, delta)))
 
 
+def _contiguous_strides(shape) -> Tuple[int, ...]:
+    strides, size = [], 1
+    for extent in reversed(shape):
+        strides.append(size)
+        size *= extent
+    return tuple(reversed(strides))
+
+
+def _unit_token_strides(x: torch.Tensor) -> Tuple[int, ...]:
+    """The strides of x as the warp-layout kernels read it (`_unit_tokens`): its own, or a contiguous copy's."""
+    return tuple(x.stride()) if x.stride(-1) == 1 else _contiguous_strides(x.shape)
+
+
+def _unit_tokens(x: torch.Tensor) -> torch.Tensor:
+    """B or C with unit token stride, as the warp-layout kernels read them: copied when their tokens are not
+    contiguous, which costs less than their strided reads per state."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, return_last_state: bool,
                  chunk_size: Optional[int] = None, n_splits: Optional[int] = None, height: int = 0,
                  launch: bool = True):
@@ -371,7 +390,8 @@ class _BackwardPlan(NamedTuple):
     grid: Tuple[int, int, int]
     scalars: tuple  # of `_bwd_kernel`, the strides of du, d delta, dz and the partial rows left out
     flags: dict
-    strides: tuple  # the grouped strides of u, delta and dout (`_grouped_strides`), for the warp-layout backward
+    warp_scalars: tuple = ()  # every scalar of `gluon_kernels._bwd_warp_kernel`
+    warp_flags: Optional[dict] = None
 
 
 def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softplus, chunk_size, n_splits, height,
@@ -379,7 +399,8 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     """As `_forward_plan`, for a backward, whichever kernel runs it."""
     B, C, dim, state, cfg, group_channels = _layout(u, A, B, C, chunk_size, n_splits, height, launch)
     batch, _, length = u.shape
-    warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch)
+    # one state: the operands' prefetch would read the adjoint carried between chunks before it is written
+    warp = _warp_backward_k(u, z, group_channels, dim, length, cfg, chunk_size, n_splits, launch) if state > 1 else 0
     per_group = math.ceil(group_channels / (WARP_BD * WARP_NW if warp else cfg.bwd_ch_per_program))
     programs = (dim // group_channels) * per_group
     splits = 1 if warp else cfg.bwd_splits
@@ -387,7 +408,7 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     carry_grid, grid = (batch, dim // group_channels * tiles_per_group, splits), (batch, programs, splits)
     if not launch:
         return _BackwardPlan(cfg, dim, group_channels, warp, per_group, programs, splits, carry_grid, (), {}, grid,
-                             (), {}, ())
+                             (), {})
     u_strides = _grouped_strides(u, group_channels, shared=bool(height))
     delta_strides = _grouped_strides(delta, group_channels)
     dout_strides = _grouped_strides(dout, group_channels, shared=bool(height))
@@ -403,8 +424,20 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     # instead of broadcasting it over the states, and need no pin
     bwd_flags = dict(flags, HAS_D=D is not None, HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None,
                      NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
+    warp_fields = {}
+    if warp:  # du and d delta: contiguous (`_scan_backward`)
+        ddelta_strides = _grouped_strides(torch.empty_strided(delta.shape, _contiguous_strides(delta.shape),
+                                                              device='meta'), group_channels)
+        warp_fields = dict(
+            warp_scalars=(length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.n_chunks,
+                          cfg.chunk, state, *u_strides, *delta_strides, *A.stride(), *_unit_token_strides(B)[:3],
+                          *_unit_token_strides(C)[:3], *dout_strides, *_contiguous_strides(u.shape),
+                          *ddelta_strides),
+            warp_flags=dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                            HAS_DLAST=dlast is not None, BD=WARP_BD, K=warp, LOGK=warp.bit_length() - 1, NW=WARP_NW,
+                            NP=cfg.states_padded, num_warps=WARP_NW, maxnreg=WARP_MAX_REGISTERS, **FP_FUSION))
     return _BackwardPlan(cfg, dim, group_channels, warp, per_group, programs, splits, carry_grid, carry_scalars, flags,
-                         grid, scalars, bwd_flags, (u_strides, delta_strides, dout_strides))
+                         grid, scalars, bwd_flags, **warp_fields)
 
 
 def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus: bool,
@@ -453,10 +486,12 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
         carry_dt = torch.empty((batch, splits, dim), device=u.device, dtype=torch.float32)
         launch_kernel(kernels._bwd_carry_kernel, plan.carry_grid, delta, A, C, z_or_u, bias, dout, carry_g, carry_dt,
                       *plan.carry_scalars, **plan.carry_flags)
-    if warp:
-        _launch_warp_backward(warp, dout, dlast, u, delta, A, _grouped(B), _grouped(C), D, delta_bias, states,
-                              delta_softplus, cfg, plan.group_channels, plan.per_group, du, ddelta, dB_part, dC_part,
-                              dA_part, dD_part, dbias_part, *plan.strides, ddelta_strides)
+    if warp:  # the adjoint carried between chunks in a scratch row per (batch, channel, state)
+        g_scratch = torch.empty((batch, dim, state), device=u.device, dtype=torch.float32)
+        _launch_warp(_Warp.kernels._bwd_warp_kernel, 'backward', plan.grid, u, delta, A, _unit_tokens(_grouped(B)),
+                     _unit_tokens(_grouped(C)), _optional(D, u), bias, dout, states, _optional(dlast, u), g_scratch,
+                     du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part, *plan.warp_scalars,
+                     **plan.warp_flags)
     elif launch:  # B and C as they are (see scan_forward)
         dz_or_u = _optional(dz, u)
         launch_kernel(
@@ -533,58 +568,63 @@ def _warp_backward_k(u, z, group_channels: int, dim: int, length: int, cfg: Laun
     without z, with the forward's chunk dividing the warp's 32 * K steps, 8 to 64 states, enough programs to fill
     the GPU (else the Triton backward's sequence splits do better) and no splits asked for; ``MMMV_SCAN_BACKWARD``
     overrides the size rules."""
-    choice = os.environ.get('MMMV_SCAN_BACKWARD', 'auto').strip().lower()
-    if choice not in ('auto', 'warp', 'triton'):
-        raise ValueError(f"MMMV_SCAN_BACKWARD must be 'auto', 'warp' or 'triton', got {choice!r}")
+    choice = _warp_choice('MMMV_SCAN_BACKWARD')
     if (not launch or choice == 'triton' or u.device.type != 'cuda' or z is not None or n_splits is not None
             or cfg.states_padded > WARP_MAX_STATES):
         return 0
-    k = 4 if length > 64 else 2 if length > 32 else 1
+    k = _steps_per_lane(length)
     if (32 * k) % cfg.chunk:
         return 0
-    if choice == 'auto':
-        if cfg.states_padded < WARP_MIN_STATES:
-            return 0
-        programs = u.shape[0] * (dim // group_channels) * math.ceil(group_channels / (WARP_BD * WARP_NW))
-        if programs < WARP_MIN_PROGRAMS * multiprocessors(u.device):
-            return 0
+    if choice == 'auto' and not _warp_fills_gpu(u, group_channels, dim, cfg):
+        return 0
+    return k if _gluon_ready() else 0
+
+
+def _warp_choice(variable: str) -> str:
+    choice = os.environ.get(variable, 'auto').strip().lower()
+    if choice not in ('auto', 'warp', 'triton'):
+        raise ValueError(f"{variable} must be 'auto', 'warp' or 'triton', got {choice!r}")
+    return choice
+
+
+def _steps_per_lane(length: int) -> int:
+    """K of the warp-layout kernels: 4 steps per lane, fewer for short sequences (a chunk of 32 * K steps)."""
+    return 4 if length > 64 else 2 if length > 32 else 1
+
+
+def _warp_fills_gpu(u, group_channels: int, dim: int, cfg: LaunchConfig) -> bool:
+    """The default's size rule for the warp-layout kernels: at least 8 states, and enough programs to fill the GPU
+    (else the Triton kernels' sequence splits do better)."""
+    if cfg.states_padded < WARP_MIN_STATES:
+        return False
+    programs = u.shape[0] * (dim // group_channels) * math.ceil(group_channels / (WARP_BD * WARP_NW))
+    return programs >= WARP_MIN_PROGRAMS * multiprocessors(u.device)
+
+
+def _gluon_ready() -> bool:
+    """Whether the warp-layout kernels can run: `gluon_kernels` imported (on first use: Gluon is Triton's
+    experimental language, absent from old releases) and nothing of it failed to compile."""
     if _Warp.kernels is None and _Warp.failed is None:
         try:
             from . import gluon_kernels
             _Warp.kernels = gluon_kernels
-        except ImportError as error:  # a Triton without Gluon: the Triton backward is the path, not an error
+        except ImportError as error:  # a Triton without Gluon: the Triton kernels are the path, not an error
             _Warp.failed = f'{type(error).__name__}: {error}'
-    return k if _Warp.kernels is not None and _Warp.failed is None else 0
+    return _Warp.kernels is not None and _Warp.failed is None
 
 
-def _launch_warp_backward(k, dout, dlast, u, delta, A, B, C, D, delta_bias, states, delta_softplus, cfg,
-                          group_channels, per_group, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
-                          u_strides, delta_strides, dout_strides, ddelta_strides) -> None:
-    """Launch `gluon_kernels._bwd_warp_kernel` into the buffers of a plain `scan_backward` (a four-direction one
-    comes as a plain one, `_cross_backward_in_steps`). B and C are read with unit token stride: copied when their
-    tokens are not contiguous, which costs less than their strided reads per state."""
-    batch, dim, length = u.shape[0], dA_part.shape[2], u.shape[-1]
-    B = B if B.stride(3) == 1 else B.contiguous()
-    C = C if C.stride(3) == 1 else C.contiguous()
-    state = A.shape[1]
-    g_scratch = torch.empty((batch, dim, state), device=u.device, dtype=torch.float32)
-    args = (u, delta, A, B, C, _optional(D, u), _optional(delta_bias, u), dout, states, _optional(dlast, u),
-            g_scratch, du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
-            length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, states.shape[1], cfg.chunk,
-            state, *u_strides, *delta_strides, *A.stride(), B.stride(0), B.stride(1), B.stride(2),
-            C.stride(0), C.stride(1), C.stride(2), *dout_strides, du.stride(0), du.stride(1), du.stride(2),
-            *ddelta_strides)
-    grid = (batch, (dim // group_channels) * per_group, 1)
+def _launch_warp(kernel, what: str, grid: Tuple[int, int, int], *args, **flags) -> None:
+    """Launch a kernel of `gluon_kernels` (`what`: 'backward', the kind of kernel, for the message and the tests'
+    launch counters). A failure to compile (a Gluon API this Triton does not have) is said once, as a warning, and
+    raises `_WarpFailed`: the caller runs again on the Triton kernels, and so do all later calls (the plans' keys
+    hold `_Warp.failed`)."""
     try:
-        launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-                      SOFTPLUS=delta_softplus, HAS_DLAST=dlast is not None, BD=WARP_BD, K=k,
-                      LOGK=k.bit_length() - 1, NW=WARP_NW, NP=cfg.states_padded, num_warps=WARP_NW,
-                      maxnreg=WARP_MAX_REGISTERS, **FP_FUSION)
-    except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
+        launch_kernel(kernel, grid, *args, **flags)
+    except Exception as error:  # noqa: BLE001 - re-raised as _WarpFailed, after the warning
         _Warp.failed = f'{type(error).__name__}: {error}'
-        warnings.warn(f'selective_scan: the warp-layout backward did not compile with this Triton '
-                      f'({_Warp.failed[:300]}); the Triton backward runs instead (MMMV_SCAN_BACKWARD=triton '
-                      f'chooses it without trying)', RuntimeWarning, stacklevel=2)
+        warnings.warn(f'selective_scan: the warp-layout {what} did not compile with this Triton '
+                      f'({_Warp.failed[:300]}); the Triton {what} runs instead (MMMV_SCAN_BACKWARD=triton chooses '
+                      f'it without trying)', RuntimeWarning, stacklevel=3)
         raise _WarpFailed from error
 
 
@@ -594,55 +634,39 @@ def _cross_in_steps(warp_k: int) -> bool:
     return warp_k > 0
 
 
-def _steps(x: torch.Tensor, direction: int, height: int) -> torch.Tensor:
-    """x (..., L) in raster order of an H-row map -> in the scan order of `direction` (see `triton_kernels._tokens`):
-    0 raster, 1 column-major, 2 and 3 those reversed."""
-    if direction % 2:
-        x = x.unflatten(-1, (height, x.shape[-1] // height)).transpose(-1, -2).flatten(-2)
-    return x.flip(-1) if direction >= 2 else x
-
-
-def _raster(y: torch.Tensor, direction: int, height: int) -> torch.Tensor:
-    """The inverse of `_steps`."""
-    if direction >= 2:
-        y = y.flip(-1)
-    if direction % 2:
-        y = y.unflatten(-1, (y.shape[-1] // height, height)).transpose(-1, -2).flatten(-2)
-    return y
-
-
 def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, delta_softplus, chunk_size, height,
                              B_shape, C_shape, separate):
-    """The four-direction backward on copies of u, delta, dout, B and C in each direction's scan order, (batch,
-    4 * Di, L) float32 with the directions as groups: a plain scan, whose steps are contiguous in memory. The
-    warp-layout backward reads a lane's steps along the tokens; in place, the column-major directions and the
-    token-major layouts of VSS would make every such read strided (measured on an H200: 0.93x the Triton backward in
-    place at VM-UNet stage 1, 0.76x on these copies). The forward's chunk states serve as they are (chunks of
-    scan steps, channels ordered by direction). Gradients come back in raster order, with the shapes and strides of
-    the in-place backward's."""
+    """The four-direction backward on copies of u, delta, dout, B and C in each direction's scan order, with the
+    directions as groups: a plain scan, whose steps are contiguous in memory. The warp-layout backward reads a lane's
+    steps along the tokens; in place, the column-major directions and the token-major layouts of VSS would make every
+    such read strided (measured on an H200: 0.93x the Triton backward in place at VM-UNet stage 1, 0.76x on these
+    copies). Each copy is one gather by `cross_scan`'s cached token orders (u and dout, read by every direction, in
+    float32 so that du's four shares are summed in float32 as in place), and each gradient one gather back into
+    the buffer the in-place backward would have returned (its shapes and strides: the fake implementation under
+    torch.compile describes that one). The forward's chunk states serve as they are (chunks of scan steps, channels
+    ordered by direction)."""
+    from ..cross_scan import _gather_tokens, direction_indices
+
     batch, inner, length = u.shape
-    directions = range(DIRECTIONS)
+    order, inverse = direction_indices(height, length // height, u.device)
 
-    def shared(x):  # u, dout: one (batch, Di, L) tensor read by every direction
-        return torch.stack([_steps(x, k, height) for k in directions], 1).to(torch.float32).flatten(1, 2)
-
-    def per_direction(x):  # delta, B, C: (batch, 4, ., L)
-        return torch.stack([_steps(x[:, k], k, height) for k in directions], 1)
+    def shared(x):  # u, dout: one (batch, Di, L) tensor read by every direction -> (batch, 4 * Di, L) float32
+        return _gather_tokens(x.to(torch.float32).unsqueeze(1).expand(batch, DIRECTIONS, inner, length),
+                              order).flatten(1, 2)
 
     du_s, ddelta_s, dA, dB_s, dC_s, dD, dz, dbias = _scan_backward(
-        shared(dout), None, shared(u), per_direction(delta).to(torch.float32).flatten(1, 2), A, per_direction(B),
-        per_direction(C), D, None, delta_bias, states, delta_softplus, chunk_size, None, 0, True, separate)
+        shared(dout), None, shared(u), _gather_tokens(delta, order).flatten(1, 2), A, _gather_tokens(B, order),
+        _gather_tokens(C, order), D, None, delta_bias, states, delta_softplus, chunk_size, None, 0, True, separate)
+
+    def to_raster(x, out):  # (batch, 4, ., L) in scan order -> `out`, raster order
+        return torch.gather(x, 3, inverse[None, :, None, :].expand(x.shape), out=out)
+
     du = _channel_buffer(u, (batch, DIRECTIONS * inner, length), torch.float32).view(batch, DIRECTIONS, inner, length)
-    ddelta = torch.empty_like(delta)
-    dB = torch.empty(B_shape, device=u.device, dtype=B.dtype)
-    dC = torch.empty(C_shape, device=u.device, dtype=C.dtype)
-    du_s, ddelta_s = du_s.view(batch, DIRECTIONS, inner, length), ddelta_s.view(batch, DIRECTIONS, inner, length)
-    for k in directions:
-        du[:, k].copy_(_raster(du_s[:, k], k, height))
-        ddelta[:, k].copy_(_raster(ddelta_s[:, k], k, height))
-        dB[:, k].copy_(_raster(dB_s[:, k], k, height))
-        dC[:, k].copy_(_raster(dC_s[:, k], k, height))
-    return du.sum(1).to(u.dtype), ddelta, dA, dB, dC, dD, dz, dbias
+    to_raster(du_s.view(batch, DIRECTIONS, inner, length), du)
+    ddelta = to_raster(ddelta_s.view(delta.shape), torch.empty_like(delta))
+    dB = to_raster(dB_s.view(B.shape), torch.empty(B_shape, device=u.device, dtype=B.dtype).view(B.shape))
+    dC = to_raster(dC_s.view(C.shape), torch.empty(C_shape, device=u.device, dtype=C.dtype).view(C.shape))
+    return du.sum(1).to(u.dtype), ddelta, dA, dB.view(B_shape), dC.view(C_shape), dD, dz, dbias
 
 
 class _WarpFailed(Exception):
