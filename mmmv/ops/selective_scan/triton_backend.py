@@ -291,6 +291,7 @@ def _forward_plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
 
 
 def _contiguous_strides(shape) -> Tuple[int, ...]:
+    """The strides of a contiguous tensor of `shape`."""
     strides, size = [], 1
     for extent in reversed(shape):
         strides.append(size)
@@ -425,9 +426,10 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     bwd_flags = dict(flags, HAS_D=D is not None, HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None,
                      NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
     warp_fields = {}
-    if warp:  # du and d delta: contiguous (`_scan_backward`)
-        ddelta_strides = _grouped_strides(torch.empty_strided(delta.shape, _contiguous_strides(delta.shape),
-                                                              device='meta'), group_channels)
+    if warp:  # du and d delta: contiguous (`_scan_backward`), d delta grouped as delta is (`_grouped_strides`)
+        ddelta_strides = _contiguous_strides(delta.shape)
+        if delta.dim() == 3:
+            ddelta_strides = (ddelta_strides[0], group_channels * length, length, 1)
         warp_fields = dict(
             warp_scalars=(length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.n_chunks,
                           cfg.chunk, state, *u_strides, *delta_strides, *A.stride(), *_unit_token_strides(B)[:3],
