@@ -80,6 +80,26 @@ def test_tiny_official_mambavision_run_and_report(tmp_path):
     assert report.returncode == 0 and '| MambaVision-T | mmmv | infer | float32 | 2, 32 |' in report.stdout
 
 
+@pytest.mark.skipif(importlib.util.find_spec('mambavision') is None or importlib.util.find_spec('timm') is None,
+                    reason='the official model is not installed: pip install --no-deps mambavision==1.2.0 timm==1.0.15')
+def test_nchw_builds_mmmv_without_channels_last(tmp_path, monkeypatch):
+    """--nchw: mmmv's MambaVision with channels_last=False (an A/B of the option), said in its rows' note."""
+    built = []
+    build = benchmark_official.mmmv_mambavision
+    monkeypatch.setattr(benchmark_official, 'mmmv_mambavision',
+                        lambda *a, **k: built.append(k.get('channels_last')) or build(*a, **k))
+    argv = ['mambavision', '--device', 'cpu', '--standin-scan', '--archs', 'T', '--batch', '2', '--size', '32',
+            '--dtypes', 'float32', '--works', 'infer', '--impls', 'mmmv', '--steps', '1', '--warmup', '0']
+    for nchw in (False, True):
+        out = tmp_path / f'{nchw}.json'
+        assert benchmark_official.main(argv + ['--out', str(out)] + (['--nchw'] if nchw else [])) == 0
+        (row, ) = json.loads(out.read_text())['rows']
+        assert ('NCHW' in row['note']) == nchw
+    assert built == [True, False]
+    with pytest.raises(SystemExit):
+        benchmark_official.parse_args(['vmunet', '--official-vmunet', 'x', '--nchw'])
+
+
 @pytest.mark.parametrize('no_gc', [False, True])
 def test_no_gc_turns_the_collector_off_during_the_timed_calls_only(no_gc):
     model = nn.Linear(4, 2)

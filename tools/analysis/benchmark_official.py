@@ -24,7 +24,9 @@ run of its own. (On an H200, MambaVision-T's mmmv train step took 66.6 ms after 
 ms in a process of its own; a later one-process run without the profiler gave 65.7 ms again, so the profiler was not
 the whole cause: compare rows from separate processes too, `report`.) ``--no-gc`` turns Python's garbage collector
 off during each row's timed calls (after a collection), as ``timeit`` does, so that no collection pause lands in one
-implementation's calls and not another's. ``--out`` keeps every timed call's ms (``times_ms``).
+implementation's calls and not another's. ``--out`` keeps every timed call's ms (``times_ms``). ``--nchw``
+(``mambavision``) builds mmmv's model with ``channels_last=False``, its stem and convolutional stages NCHW as before
+the eighth session (its rows say so), for an A/B of that option.
 
 - ``mambavision``: batch 128, 224 x 224, bfloat16 autocast, cross-entropy against random labels.
 - ``vmunet``: batch 32, 256 x 256, 1 class, ``--dtypes float32,bfloat16`` (autocast; VM-UNet trains in float32),
@@ -161,9 +163,9 @@ def official_vmunet(directory: str) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------------------
 # mmmv's models, with the official weights
 # ---------------------------------------------------------------------------------------------------------------------
-def mmmv_mambavision(arch: str, drop_path_rate: float) -> nn.Module:
+def mmmv_mambavision(arch: str, drop_path_rate: float, channels_last: bool = True) -> nn.Module:
     from mmmv.models import MambaVisionClassifier
-    return MambaVisionClassifier(arch, drop_path_rate=drop_path_rate)
+    return MambaVisionClassifier(arch, drop_path_rate=drop_path_rate, channels_last=channels_last)
 
 
 def _tool_module(name: str) -> types.ModuleType:
@@ -335,7 +337,8 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
         if family == 'mambavision':
             size, batch = args.size or 224, args.batch or 128
             build_official = lambda: official_mambavision(variant)  # noqa: E731
-            build_mmmv = lambda official: mmmv_mambavision(variant, official_drop_path(official))  # noqa: E731
+            build_mmmv = lambda official: mmmv_mambavision(  # noqa: E731
+                variant, official_drop_path(official), channels_last=not args.nchw)
             weights_of = mambavision_weights
             dtype = args.dtypes[0]
             target_fn = lambda: torch.randint(0, 1000, (batch,), device=device)  # noqa: E731
@@ -343,6 +346,7 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
             optimizer_fn = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)  # noqa: E731
             settings = [(dtype, work) for work in args.works]
             label = f'MambaVision-{variant}'
+            mmmv_note = 'NCHW convolutional stages (channels_last=False)' if args.nchw else ''
         else:
             size, batch = args.size or 256, args.batch or 32
             build_official = lambda: official_vmunet(args.official_vmunet)  # noqa: E731
@@ -353,6 +357,7 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
             optimizer_fn = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)  # noqa: E731
             settings = [(dtype, work) for dtype in args.dtypes for work in args.works]
             label = 'VM-UNet'
+            mmmv_note = ''
         torch.manual_seed(0)
         images = torch.randn(batch, 3, size, size, device=device)
         target = target_fn()
@@ -360,7 +365,7 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
         official = build_official().to(device)
         weights = {key: value.detach().clone() for key, value in weights_of(official).items()}
         for impl in args.impls:
-            note = scan_note if impl.startswith('official') else ''
+            note = scan_note if impl.startswith('official') else mmmv_note
             if impl.startswith('official'):
                 model = official
                 if impl == 'official':
@@ -478,6 +483,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if family == 'mambavision':
             p.add_argument('--archs', default='T,S,B', help=f'comma-separated, from {MAMBAVISION_ARCHS}')
             p.add_argument('--dtypes', default='bfloat16', help='autocast dtype')
+            p.add_argument('--nchw', action='store_true',
+                           help="mmmv's model with channels_last=False: its stem and convolutional stages in NCHW")
         else:
             p.add_argument('--official-vmunet', required=True,
                            help="folder with the original repository's models/vmunet/{vmunet,vmamba}.py")
