@@ -175,8 +175,8 @@ def warp_backward(monkeypatch):
 
     monkeypatch.setenv('MMMV_SCAN_BACKWARD', 'warp')
     launches = []
-    launch = triton_backend._launch_warp
-    monkeypatch.setattr(triton_backend, '_launch_warp', lambda *a, **k: launches.append(1) or launch(*a, **k))
+    launch = triton_backend._launch_warp_backward
+    monkeypatch.setattr(triton_backend, '_launch_warp_backward', lambda *a, **k: launches.append(1) or launch(*a, **k))
     yield launches
     assert triton_backend._Warp.failed is None, triton_backend._Warp.failed
 

@@ -391,7 +391,7 @@ class _BackwardPlan(NamedTuple):
     grid: Tuple[int, int, int]
     scalars: tuple  # of `_bwd_kernel`, the strides of du, d delta, dz and the partial rows left out
     flags: dict
-    warp_scalars: tuple = ()  # every scalar of `gluon_kernels._bwd_warp_kernel`
+    warp_scalars: tuple = ()  # of `gluon_kernels._bwd_warp_kernel`, the strides of du and d delta left out
     warp_flags: Optional[dict] = None
 
 
@@ -426,15 +426,11 @@ def _backward_plan(u, delta, A, B, C, D, z, delta_bias, dout, dlast, delta_softp
     bwd_flags = dict(flags, HAS_D=D is not None, HAS_CARRY=splits > 1, HAS_DLAST=dlast is not None,
                      NARROW=_narrow(u, delta), BD=cfg.bwd_block_d, num_warps=cfg.bwd_num_warps)
     warp_fields = {}
-    if warp:  # du and d delta: contiguous (`_scan_backward`), d delta grouped as delta is (`_grouped_strides`)
-        ddelta_strides = _contiguous_strides(delta.shape)
-        if delta.dim() == 3:
-            ddelta_strides = (ddelta_strides[0], group_channels * length, length, 1)
+    if warp:
         warp_fields = dict(
             warp_scalars=(length, dim, dim // B.shape[1], dim // C.shape[1], group_channels, per_group, cfg.n_chunks,
                           cfg.chunk, state, *u_strides, *delta_strides, *A.stride(), *_unit_token_strides(B)[:3],
-                          *_unit_token_strides(C)[:3], *dout_strides, *_contiguous_strides(u.shape),
-                          *ddelta_strides),
+                          *_unit_token_strides(C)[:3], *dout_strides),
             warp_flags=dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                             HAS_DLAST=dlast is not None, BD=WARP_BD, K=warp, LOGK=warp.bit_length() - 1, NW=WARP_NW,
                             NP=cfg.states_padded, num_warps=WARP_NW, maxnreg=WARP_MAX_REGISTERS, **FP_FUSION))
@@ -490,10 +486,10 @@ def _scan_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, del
                       *plan.carry_scalars, **plan.carry_flags)
     if warp:  # the adjoint carried between chunks in a scratch row per (batch, channel, state)
         g_scratch = torch.empty((batch, dim, state), device=u.device, dtype=torch.float32)
-        _launch_warp(_Warp.kernels._bwd_warp_kernel, 'backward', plan.grid, u, delta, A, _unit_tokens(_grouped(B)),
-                     _unit_tokens(_grouped(C)), _optional(D, u), bias, dout, states, _optional(dlast, u), g_scratch,
-                     du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part, *plan.warp_scalars,
-                     **plan.warp_flags)
+        _launch_warp_backward(plan.grid, u, delta, A, _unit_tokens(_grouped(B)), _unit_tokens(_grouped(C)),
+                              _optional(D, u), bias, dout, states, _optional(dlast, u), g_scratch, du, ddelta,
+                              dB_part, dC_part, dA_part, dD_part, dbias_part, *plan.warp_scalars, *du.stride(),
+                              *ddelta_strides, **plan.warp_flags)
     elif launch:  # B and C as they are (see scan_forward)
         dz_or_u = _optional(dz, u)
         launch_kernel(
@@ -570,63 +566,42 @@ def _warp_backward_k(u, z, group_channels: int, dim: int, length: int, cfg: Laun
     without z, with the forward's chunk dividing the warp's 32 * K steps, 8 to 64 states, enough programs to fill
     the GPU (else the Triton backward's sequence splits do better) and no splits asked for; ``MMMV_SCAN_BACKWARD``
     overrides the size rules."""
-    choice = _warp_choice('MMMV_SCAN_BACKWARD')
+    choice = os.environ.get('MMMV_SCAN_BACKWARD', 'auto').strip().lower()
+    if choice not in ('auto', 'warp', 'triton'):
+        raise ValueError(f"MMMV_SCAN_BACKWARD must be 'auto', 'warp' or 'triton', got {choice!r}")
     if (not launch or choice == 'triton' or u.device.type != 'cuda' or z is not None or n_splits is not None
             or cfg.states_padded > WARP_MAX_STATES):
         return 0
-    k = _steps_per_lane(length)
+    k = 4 if length > 64 else 2 if length > 32 else 1
     if (32 * k) % cfg.chunk:
         return 0
-    if choice == 'auto' and not _warp_fills_gpu(u, group_channels, dim, cfg):
-        return 0
-    return k if _gluon_ready() else 0
-
-
-def _warp_choice(variable: str) -> str:
-    choice = os.environ.get(variable, 'auto').strip().lower()
-    if choice not in ('auto', 'warp', 'triton'):
-        raise ValueError(f"{variable} must be 'auto', 'warp' or 'triton', got {choice!r}")
-    return choice
-
-
-def _steps_per_lane(length: int) -> int:
-    """K of the warp-layout kernels: 4 steps per lane, fewer for short sequences (a chunk of 32 * K steps)."""
-    return 4 if length > 64 else 2 if length > 32 else 1
-
-
-def _warp_fills_gpu(u, group_channels: int, dim: int, cfg: LaunchConfig) -> bool:
-    """The default's size rule for the warp-layout kernels: at least 8 states, and enough programs to fill the GPU
-    (else the Triton kernels' sequence splits do better)."""
-    if cfg.states_padded < WARP_MIN_STATES:
-        return False
-    programs = u.shape[0] * (dim // group_channels) * math.ceil(group_channels / (WARP_BD * WARP_NW))
-    return programs >= WARP_MIN_PROGRAMS * multiprocessors(u.device)
-
-
-def _gluon_ready() -> bool:
-    """Whether the warp-layout kernels can run: `gluon_kernels` imported (on first use: Gluon is Triton's
-    experimental language, absent from old releases) and nothing of it failed to compile."""
+    if choice == 'auto':
+        if cfg.states_padded < WARP_MIN_STATES:
+            return 0
+        programs = u.shape[0] * (dim // group_channels) * math.ceil(group_channels / (WARP_BD * WARP_NW))
+        if programs < WARP_MIN_PROGRAMS * multiprocessors(u.device):
+            return 0
     if _Warp.kernels is None and _Warp.failed is None:
         try:
             from . import gluon_kernels
             _Warp.kernels = gluon_kernels
-        except ImportError as error:  # a Triton without Gluon: the Triton kernels are the path, not an error
+        except ImportError as error:  # a Triton without Gluon: the Triton backward is the path, not an error
             _Warp.failed = f'{type(error).__name__}: {error}'
-    return _Warp.kernels is not None and _Warp.failed is None
+    return k if _Warp.kernels is not None and _Warp.failed is None else 0
 
 
-def _launch_warp(kernel, what: str, grid: Tuple[int, int, int], *args, **flags) -> None:
-    """Launch a kernel of `gluon_kernels` (`what`: 'backward', the kind of kernel, for the message and the tests'
-    launch counters). A failure to compile (a Gluon API this Triton does not have) is said once, as a warning, and
-    raises `_WarpFailed`: the caller runs again on the Triton kernels, and so do all later calls (the plans' keys
-    hold `_Warp.failed`)."""
+def _launch_warp_backward(grid: Tuple[int, int, int], *args, **flags) -> None:
+    """Launch `gluon_kernels._bwd_warp_kernel` into the buffers of a plain `scan_backward` (a four-direction one
+    comes as a plain one, `_cross_backward_in_steps`). A failure to compile (a Gluon API this Triton does not have)
+    is said once, as a warning, and raises `_WarpFailed`: the call runs again on the Triton backward, and so do all
+    later calls (the plans' keys hold `_Warp.failed`)."""
     try:
-        launch_kernel(kernel, grid, *args, **flags)
-    except Exception as error:  # noqa: BLE001 - re-raised as _WarpFailed, after the warning
+        launch_kernel(_Warp.kernels._bwd_warp_kernel, grid, *args, **flags)
+    except Exception as error:  # noqa: BLE001 - a Gluon API this Triton does not have: said once, then Triton
         _Warp.failed = f'{type(error).__name__}: {error}'
-        warnings.warn(f'selective_scan: the warp-layout {what} did not compile with this Triton '
-                      f'({_Warp.failed[:300]}); the Triton {what} runs instead (MMMV_SCAN_BACKWARD=triton chooses '
-                      f'it without trying)', RuntimeWarning, stacklevel=3)
+        warnings.warn(f'selective_scan: the warp-layout backward did not compile with this Triton '
+                      f'({_Warp.failed[:300]}); the Triton backward runs instead (MMMV_SCAN_BACKWARD=triton '
+                      f'chooses it without trying)', RuntimeWarning, stacklevel=2)
         raise _WarpFailed from error
 
 
