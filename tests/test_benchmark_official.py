@@ -21,6 +21,18 @@ benchmark_official = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark_official)
 
 
+@pytest.fixture
+def imports_restored():
+    """main() runs in this process here: the torchvision stand-ins it may install are taken out again afterwards, so
+    later tests see this machine's real torchvision (mmengine's Runner reads ``torchvision.__version__``)."""
+    meta_path = list(sys.meta_path)
+    yield
+    sys.meta_path[:] = meta_path
+    for name in [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]:
+        if type(sys.modules[name]).__name__ == '_StubModule':
+            del sys.modules[name]
+
+
 def test_arguments_are_checked():
     args = benchmark_official.parse_args(['mambavision', '--archs', 'T,B', '--impls', 'mmmv,official'])
     assert args.archs == ['T', 'B'] and args.impls == ['mmmv', 'official'] and args.dtypes == ['bfloat16']
@@ -82,7 +94,7 @@ def test_tiny_official_mambavision_run_and_report(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec('mambavision') is None or importlib.util.find_spec('timm') is None,
                     reason='the official model is not installed: pip install --no-deps mambavision==1.2.0 timm==1.0.15')
-def test_nchw_builds_mmmv_without_channels_last(tmp_path, monkeypatch):
+def test_nchw_builds_mmmv_without_channels_last(tmp_path, monkeypatch, imports_restored):
     """--nchw: mmmv's MambaVision with channels_last=False (an A/B of the option), said in its rows' note."""
     built = []
     build = benchmark_official.mmmv_mambavision
