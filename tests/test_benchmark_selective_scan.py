@@ -5,6 +5,7 @@ import os.path as osp
 import time
 
 import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 spec = importlib.util.spec_from_file_location(
@@ -47,3 +48,37 @@ def test_backends_are_chosen_by_name_and_a_missing_one_leaves_na():
         bench.parse_args(['--backends', 'cuda'])
     row = dict(case='mv-t-s4', shape=[128, 320, 49, 8], floor_ms={'fwd': 0.01}, ms={'triton fwd': 0.08})
     assert bench._gpu_cells(row, row['ms'], ('triton', ), ['fwd'])[-2:] == ['n/a', '8.0x']
+
+
+def test_mixer_layout_moves_delta_only_for_mambavision_cases():
+    """--layout mixer: the same values, delta a token-major view for MambaVision cases (as the mixer passes it), VSS
+    cases unchanged; the arguments accept only the two layouts."""
+    assert bench.parse_args([]).layout == 'contiguous' and bench.parse_args(['--layout', 'mixer']).layout == 'mixer'
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--layout', 'transposed'])
+    small = {key: bench.Case(case.name, 2, 6, 10, 4) for key, case in bench.GPU_CASES.items()}
+    for key, case in small.items():
+        plain = bench.make_inputs(case, torch.float32, 'cpu', True)
+        mixer = bench.make_inputs(case, torch.float32, 'cpu', True, layout='mixer')
+        assert all(torch.equal(plain[name], mixer[name]) for name in plain)
+        moved = case.name.startswith('MambaVision')
+        assert mixer['delta'].stride() == ((60, 1, 6) if moved else (60, 10, 1)), key
+        assert mixer['delta'].is_leaf and mixer['delta'].requires_grad
+        assert all(mixer[name].stride() == plain[name].stride() for name in plain if name != 'delta')
+
+
+@pytest.mark.parametrize('backend', ['torch', 'triton'])
+def test_scan_gives_the_same_on_both_layouts(backend):
+    """mmmv reads the mixer's token-major delta in place: output and every gradient as on contiguous inputs."""
+    if backend == 'triton':
+        pytest.importorskip('triton')
+    case = bench.Case('MambaVision-T stage 3 @224', 2, 8, 24, 4)
+    scan = bench.mmmv_scan(backend)
+    results = []
+    for layout in ('contiguous', 'mixer'):
+        inputs = bench.make_inputs(case, torch.float32, 'cpu', True, layout=layout)
+        y = scan(**inputs, delta_softplus=True)
+        grads = torch.autograd.grad(y, [inputs[name] for name in bench.GRAD_INPUTS], torch.ones_like(y))
+        results.append([y, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -21,7 +21,8 @@ so that its backward is linear in L), forward + backward at L = 4096, on --devic
     python tools/analysis/benchmark_selective_scan.py                           # GPU tables, one GPU
     python tools/analysis/benchmark_selective_scan.py --loop --out scan.json    # ... and the loop section
     python tools/analysis/benchmark_selective_scan.py --cases vss-s1,mv-t-s3 --dtypes bfloat16 --modes fwd
-    python tools/analysis/benchmark_selective_scan.py --backends triton,mamba_ssm      # without the (slow) torch backend
+    python tools/analysis/benchmark_selective_scan.py --backends triton,mamba_ssm   # without the (slow) torch backend
+    python tools/analysis/benchmark_selective_scan.py --backends triton,mamba_ssm --layout mixer  # delta as passed
     python tools/analysis/benchmark_selective_scan.py --device cpu --loop-only  # CPU: loop section only
 """
 import argparse
@@ -84,8 +85,11 @@ GRAD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
 # ----------------------------------------------------------------------------------------------------
 # Inputs and the scans being timed.
 # ----------------------------------------------------------------------------------------------------
-def make_inputs(case: Case, dtype: torch.dtype, device, requires_grad: bool, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """ANCHORS.md inputs: u, delta, B, C in `dtype`; A, D, delta_bias float32; B and C shared (batch, N, L)."""
+def make_inputs(case: Case, dtype: torch.dtype, device, requires_grad: bool, seed: int = 0,
+                layout: str = 'contiguous') -> Dict[str, torch.Tensor]:
+    """ANCHORS.md inputs: u, delta, B, C in `dtype`; A, D, delta_bias float32; B and C shared (batch, N, L).
+
+    ``layout='mixer'``: the same values laid out as MambaVision's mixer passes them (`mixer_layout`)."""
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape, scale=1.0, dtype=dtype):
@@ -100,7 +104,19 @@ def make_inputs(case: Case, dtype: torch.dtype, device, requires_grad: bool, see
         D=randn(case.dim, dtype=torch.float32),
         delta_bias=randn(case.dim, dtype=torch.float32),
     )
+    if layout == 'mixer':
+        inputs = mixer_layout(case, inputs)
     return {name: t.requires_grad_(requires_grad) for name, t in inputs.items()}
+
+
+def mixer_layout(case: Case, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The inputs of a MambaVision case with delta laid out as the MambaVision mixer passes it (mmmv's and the
+    official code's alike): a token-major view, (batch, L, D) in memory transposed, as ``dt_proj``'s output is;
+    u, B and C stay contiguous (the mixers copy B and C). mamba_ssm's ``selective_scan_fn`` copies such a delta, mmmv
+    reads it in place. VSS cases are left as they are: SS2D passes contiguous tensors."""
+    if not case.name.startswith('MambaVision'):
+        return inputs
+    return dict(inputs, delta=inputs['delta'].transpose(1, 2).contiguous().transpose(1, 2))
 
 
 def per_token_loop(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
@@ -257,7 +273,8 @@ TIMINGS = {
 def gpu_tables(args, device) -> List[dict]:
     """Time every backend, case, dtype and mode (per call, and GPU kernel time); print markdown tables."""
     bandwidth = measured_bandwidth(device) if args.measure_bandwidth else args.bandwidth
-    print(f'HBM floor at {bandwidth / 1e12:.2f} TB/s ({"measured" if args.measure_bandwidth else "given"})\n')
+    print(f'HBM floor at {bandwidth / 1e12:.2f} TB/s ({"measured" if args.measure_bandwidth else "given"}); '
+          f'input layout: {args.layout}\n')
     makers = {'triton': lambda: mmmv_scan('triton'), 'torch': lambda: mmmv_scan('torch'), 'mamba_ssm': mamba_ssm_scan}
     backends = {name: makers[name]() for name in args.backends}
     table = {(dtype_name, key): dict(case=key, shape=list(GPU_CASES[key][1:]), dtype=dtype_name, floor_ms={},
@@ -272,7 +289,7 @@ def gpu_tables(args, device) -> List[dict]:
         for (dtype_name, key), row in table.items():
             dtype, case = getattr(torch, dtype_name), GPU_CASES[key]
             for mode in args.modes:
-                sets = [make_inputs(case, dtype, device, mode != 'fwd', seed) for seed in range(args.sets)]
+                sets = [make_inputs(case, dtype, device, mode != 'fwd', seed, args.layout) for seed in range(args.sets)]
                 row['floor_ms'][mode] = 1e3 * floor_bytes(case, sets[0]['u'].element_size(), mode) / bandwidth
                 for backend, scan in backends.items():
                     for timing in timings:
@@ -391,6 +408,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--timings', type=names(list(TIMINGS)), default=list(TIMINGS),
                         help='ms: per call as a user sees it; kernel_ms: GPU work only; host_ms: host work only')
     parser.add_argument('--sets', type=int, default=3, help='input sets rotated through by the timed calls')
+    parser.add_argument('--layout', choices=('contiguous', 'mixer'), default='contiguous',
+                        help="contiguous inputs (ANCHORS), or delta of the MambaVision cases as the mixer passes it, a "
+                             "token-major view (mamba_ssm copies it, mmmv reads it in place)")
     parser.add_argument('--bandwidth', type=float, default=3.0e12, help='HBM bytes per second for the floor')
     parser.add_argument('--measure-bandwidth', action='store_true', help='use a device-to-device copy instead')
     parser.add_argument('--loop', action='store_true', help='also compare with the per-token loop')
@@ -416,7 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     env = environment(device)
     print(', '.join(f'{key}: {value}' for key, value in env.items()) + '\n')
-    results = dict(environment=env, gpu=[], loop=[])
+    results = dict(environment=env, layout=args.layout, gpu=[], loop=[])
     if gpu_wanted:
         results['gpu'] = gpu_tables(args, device)
     if args.loop or args.loop_only:
