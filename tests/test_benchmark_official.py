@@ -25,12 +25,13 @@ spec.loader.exec_module(benchmark_official)
 def imports_restored():
     """main() runs in this process here: the torchvision stand-ins it may install are taken out again afterwards, so
     later tests see this machine's real torchvision (mmengine's Runner reads ``torchvision.__version__``)."""
-    meta_path = list(sys.meta_path)
     yield
-    sys.meta_path[:] = meta_path
-    for name in [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]:
-        if type(sys.modules[name]).__name__ == '_StubModule':
-            del sys.modules[name]
+    sys.path.insert(0, osp.join(REPO, 'tests', 'helpers'))
+    try:
+        import torchvision_shim
+    finally:
+        sys.path.pop(0)
+    torchvision_shim.uninstall()
 
 
 def test_arguments_are_checked():

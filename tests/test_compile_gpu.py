@@ -12,25 +12,19 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='compiled training is checked on a CUDA GPU')
 pytest.importorskip('triton')
 
-from mmmv.models import MambaVision, VSSEncoder  # noqa: E402
+from mmmv.models import MambaVision  # noqa: E402
 
 cross_scan = importlib.import_module('mmmv.ops.cross_scan')  # the module (mmmv.ops.cross_scan is also a function)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def vmunet():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_vmunet', osp.join(REPO, 'tools', 'analysis', 'benchmark_vmunet.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.VMUNet(num_classes=1)
-
-
-MODELS = {
-    'MambaVision-T': (lambda: MambaVision('T', out_indices=(0, 1, 2, 3)), 224),
-    'VSSEncoder': (lambda: VSSEncoder('vmunet'), 256),
-    'VM-UNet': (vmunet, 256),
-}
+_spec = importlib.util.spec_from_file_location(
+    'compile_gradients', osp.join(REPO, 'tools', 'analysis', 'compile_gradients.py'))
+compile_gradients = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compile_gradients)
+# name -> (builder, input size): the models of tools/analysis/compile_gradients.py, which lists per parameter what
+# this test bounds
+MODELS = {name: compile_gradients.models()[name] for name in ('MambaVision-T', 'VSSEncoder', 'VM-UNet')}
 
 
 def loss_and_grads(model, images, dtype):

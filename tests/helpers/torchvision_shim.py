@@ -63,3 +63,11 @@ def install_if_needed() -> bool:
         return False
     sys.meta_path.insert(0, _TorchvisionStubFinder())
     return True
+
+
+def uninstall() -> None:
+    """Take the stand-ins out again, the finder and every module it stubbed, for a process that goes on without them
+    (pytest's, after a test that ran code installing them in-process)."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _TorchvisionStubFinder)]
+    for name in [name for name, module in sys.modules.items() if isinstance(module, _StubModule)]:
+        del sys.modules[name]

@@ -92,8 +92,7 @@ def step(model: nn.Module, forward: Callable, images: torch.Tensor,
     model.zero_grad(set_to_none=True)
     autocast = torch.autocast(images.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
-        outputs = forward(images)
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs = forward(images)  # every model here returns a tuple of maps
     loss = sum(out.float().square().mean() for out in outputs)
     loss.backward()
     return loss.item(), {name: p.grad.detach().double().clone() for name, p in model.named_parameters()
