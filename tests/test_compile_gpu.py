@@ -31,9 +31,13 @@ def loss_and_grads(model, images, dtype):
     model.zero_grad(set_to_none=True)
     with torch.autocast('cuda', dtype=dtype, enabled=dtype is not None):
         outputs = model(images)
-    loss = sum(out.float().square().mean() for out in outputs)
+    # each output against a fixed random map; not the mean square, which the outputs' LayerNorms make constant
+    loss = compile_gradients.probe_loss(outputs)
     loss.backward()
-    return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    # the size of the loss's terms (the loss itself, a sum of signed terms, can be near 0): the loss's tolerance
+    scale = sum((out.detach().double() * probe).abs().mean() for out, probe in
+                zip(outputs, compile_gradients.probes(outputs)))
+    return loss.detach(), scale, [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
 def relative_errors(grads, reference):
@@ -49,8 +53,10 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
     if name == 'MambaVision-T' and not fused:
         pytest.skip('MambaVision has no 2D scan')
     if name == 'MambaVision-T' and dtype is torch.bfloat16:
-        # measured on an H200 (torch 2.11, triton 3.6): one compiled gradient 1.6 relative error vs float64, eager's
-        # worst 3.1e-2; open in issue 11. strict: this test fails once it is fixed, so that the mark goes.
+        # measured on an H200 (torch 2.11, triton 3.6), probe loss: inductor's worst gradient 2.5e-1 relative to
+        # float64 (stage 2: x_proj, the attention blocks' qkv; cosine to eager's 0.97), eager's 7.3e-2; with the
+        # torch scan backend inductor's is 7.4e-2: the Triton scan under inductor. Open in issue 11
+        # (compile_gradients.py --check-scan checks each scan call). strict: fails once fixed, so that the mark goes.
         request.applymarker(pytest.mark.xfail(strict=True, reason='compiled bf16 MambaVision-T gradient (issue 11)'))
     monkeypatch.setattr(cross_scan, 'FUSED_BY_DEFAULT', fused)
     if dtype is None:
@@ -61,16 +67,16 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
     build, size = MODELS[name]
     model = build().cuda().eval()  # eval: no drop path, so every run sees the same network
     images = torch.randn(2, 3, size, size, device='cuda')
-    loss64, grads64 = loss_and_grads(model.double(), images.double(), None)  # float64: the torch scan backend
+    loss64, scale, grads64 = loss_and_grads(model.double(), images.double(), None)  # float64: torch scan backend
     model.float()
-    loss, grads = loss_and_grads(model, images, dtype)
+    loss, _, grads = loss_and_grads(model, images, dtype)
     torch._dynamo.reset()
     compiled = torch.compile(model)
     for _ in range(2):  # the second call runs the cached graphs
-        loss_c, grads_c = loss_and_grads(compiled, images, dtype)
+        loss_c, _, grads_c = loss_and_grads(compiled, images, dtype)
     assert len(grads_c) == len(grads) == len(grads64)
     floor = 1e-5 if dtype is None else 1e-2
-    assert abs(loss_c.double() - loss64) <= 2 * abs(loss.double() - loss64) + floor * loss64.abs()
+    assert abs(loss_c.double() - loss64) <= 2 * abs(loss.double() - loss64) + floor * scale
     eager_all, compiled_all = relative_errors(grads, grads64), relative_errors(grads_c, grads64)
     eager, compiled_errors = max(eager_all), max(compiled_all)
     names = [name for name, p in model.named_parameters() if p.grad is not None]

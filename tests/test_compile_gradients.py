@@ -1,5 +1,6 @@
 """tools/analysis/compile_gradients.py on the CPU: its arguments, a real eager / aot_eager comparison on an 8-channel
 MambaVision against float64, and the ranking of its table (the GPU runs it with inductor; docs/benchmarks.md)."""
+import functools
 import importlib.util
 import os.path as osp
 
@@ -67,3 +68,51 @@ def test_cuda_asked_for_without_cuda_is_a_short_error(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert compile_gradients.main(['--device', 'cuda']) == 2
     assert 'CUDA is not available' in capsys.readouterr().err
+
+
+def scan_inputs(dtype=torch.float32):
+    torch.manual_seed(0)
+    batch, dim, length, state = 2, 6, 19, 4
+    u, delta, z = (torch.randn(batch, dim, length) for _ in range(3))
+    A = -torch.rand(dim, state) - 0.5
+    B, C = torch.randn(batch, state, length), torch.randn(batch, state, length)
+    D, bias = torch.randn(dim), torch.randn(dim)
+    tensors = [t.to(dtype) if t.dim() == 3 else t for t in (u, delta, A, B, C, D, z, bias)]
+    return [t.requires_grad_() for t in tensors]
+
+
+def test_scan_check_passes_the_scan_and_catches_a_wrong_gradient(monkeypatch):
+    """--check-scan: each Triton scan call's forward and backward against the float64 loop on the same inputs, on
+    the eager path and through the custom ops (torch.compile's route); a backward whose dB is doubled is caught as
+    dB's error, 1, with the inputs' strides listed."""
+    pytest.importorskip('triton')
+    from mmmv.ops import selective_scan
+    from mmmv.ops.selective_scan import triton_backend
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+
+    def run(via_custom_op):
+        inputs = scan_inputs()
+        scan = torch.compile(selective_scan, backend='aot_eager') if via_custom_op else selective_scan
+        with compile_gradients.checking_scan([]) as calls:
+            y = scan(*inputs, delta_softplus=True, backend='triton')
+            y.square().sum().backward()
+        return calls
+
+    for via_custom_op in (False, True):
+        calls = run(via_custom_op)
+        assert [kind for kind, *_ in calls] == ['forward', 'backward']
+        assert all(error < 1e-5 for _, _, error, _ in calls), calls
+        assert calls[1][1].startswith('dout float32 (114, 19, 1), u float32 (114, 19, 1)')
+    backward = triton_backend.scan_backward
+
+    @functools.wraps(backward)  # its signature, which the check binds the call's arguments by
+    def doubled_dB(*args, **kwargs):
+        grads = list(backward(*args, **kwargs))
+        grads[3] = grads[3] * 2  # du, d delta, dA, dB, ...
+        return grads
+
+    monkeypatch.setattr(triton_backend, 'scan_backward', doubled_dB)
+    calls = run(False)
+    assert calls[0][2] < 1e-5 and calls[1][3] == 'dB' and abs(calls[1][2] - 1) < 1e-5
+    lines = compile_gradients.scan_table(dict(scan_calls=dict(eager=calls)))
+    assert any(line.startswith('| 1 | backward | 1.00e+00 (dB) | dout float32') for line in lines), lines

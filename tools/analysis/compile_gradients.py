@@ -8,23 +8,31 @@ parameters are off, by how much, and whether the graph or the code generation is
     inductor        torch.compile (inductor), as the backbone's ``compile=True`` switch runs it
     emulate         inductor with ``emulate_precision_casts`` (intermediates rounded to bf16 / fp16 as eager does)
 
-Each is one training step (loss: the mean square of every output) after a warm-up step, from the same weights and
-input as a float64 step on the torch scan backend. The table lists the parameters furthest over the test's bound
-(compiled error - 2 x eager error), with the float64 gradient's norm (a parameter whose gradient is tiny is where
-low-precision rounding shows first), each run's relative error, and the cosine and norm ratio of the compiled
-gradient to eager's.
+Each is one training step (loss: `probe_loss`, each output against a fixed random map) after a warm-up step, from
+the same weights and input as a float64 step on the torch scan backend. The table lists the parameters furthest over
+the test's bound (compiled error - 2 x eager error), with the float64 gradient's norm (a parameter whose gradient is
+tiny is where low-precision rounding shows first), each run's relative error, and the cosine and norm ratio of the
+compiled gradient to eager's.
 
     python tools/analysis/compile_gradients.py --model MambaVision-T --dtype bfloat16
     python tools/analysis/compile_gradients.py --model VM-UNet --dtype float32 --runs eager,inductor
     TRITON_INTERPRET=1 python tools/analysis/compile_gradients.py --device cpu --runs eager,aot_eager \
         --scan-backend triton                   # on CPU: the Triton scan's custom ops in the interpreter
+    python tools/analysis/compile_gradients.py --runs eager,inductor --check-scan
+
+``--check-scan`` checks every Triton scan call of each run against the float64 loop reference on the same inputs
+(the forward's y; the backward's gradients for its dout), and lists per call the inputs' dtypes and strides and the
+worst relative error: whether a compiled run's gradients go wrong inside the scan (the inputs that inductor lays
+out differently from eager) or outside it.
 """
 import argparse
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import os.path as osp
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -75,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--scan-backend', default='auto', choices=('auto', 'triton', 'torch'),
                         help="the compared runs' scan (auto: Triton on CUDA, torch on CPU; triton on CPU needs "
                              'TRITON_INTERPRET=1); the float64 step always runs the torch backend')
+    parser.add_argument('--check-scan', action='store_true',
+                        help='check each Triton scan call against the float64 reference (plain scans; slow)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     args.runs = [run.strip() for run in args.runs.split(',') if run.strip()]
@@ -86,6 +96,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def probes(outputs, seed: int = 0) -> List[torch.Tensor]:
+    """A fixed random map (float64, from `seed`) of each output's shape, on its device."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device) for out in outputs]
+
+
+def probe_loss(outputs, seed: int = 0) -> torch.Tensor:
+    """Each output's mean against its probe map, summed (float32, float64 for float64 outputs).
+
+    Not the outputs' mean square: the backbones end their outputs in a LayerNorm, whose output's mean square is 1
+    whatever the input, so that loss's gradient behind the norms is rounding noise (float64 norms 1e-11..1e-7), and
+    comparing it between runs compares noise. A random direction has a gradient everywhere."""
+    terms = []
+    for out, probe in zip(outputs, probes(outputs, seed)):
+        out = out if out.dtype == torch.float64 else out.float()
+        terms.append((out * probe.to(out.dtype)).mean())
+    return sum(terms)
+
+
 def step(model: nn.Module, forward: Callable, images: torch.Tensor,
          dtype: Optional[torch.dtype]) -> Tuple[float, Dict[str, torch.Tensor]]:
     """One training step's loss and gradients (float64 copies), by parameter name."""
@@ -93,7 +122,7 @@ def step(model: nn.Module, forward: Callable, images: torch.Tensor,
     autocast = torch.autocast(images.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
         outputs = forward(images)  # every model here returns a tuple of maps
-    loss = sum(out.float().square().mean() for out in outputs)
+    loss = probe_loss(outputs)
     loss.backward()
     return loss.item(), {name: p.grad.detach().double().clone() for name, p in model.named_parameters()
                          if p.grad is not None}
@@ -117,6 +146,72 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.flatten() @ b.flatten() / (a.norm() * b.norm()).clamp_min(1e-30)).item()
 
 
+SCAN_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')  # in the order of the backward's gradients
+
+
+def _layouts(arguments: dict, names: Tuple[str, ...]) -> str:
+    """'u bf16 (a, b, c)' per tensor: dtype and strides, what inductor may choose differently from eager."""
+    return ', '.join(f'{name} {str(arguments[name].dtype)[6:]} {tuple(arguments[name].stride())}' for name in names)
+
+
+@contextlib.contextmanager
+def checking_scan(calls: list):
+    """While active, every launched plain Triton scan call (the custom ops' and the eager path's; not the fake
+    implementations, nor four-direction scans) is checked against `selective_scan_ref` in float64 on the same
+    inputs: the forward's y, and the backward's gradients for its dout (and d last state). Appends to `calls` one
+    (kind, inputs' layouts, worst relative error, the output it is of) per call."""
+    from mmmv.ops.selective_scan import selective_scan_ref, triton_backend
+    forward, backward = triton_backend.scan_forward, triton_backend.scan_backward
+    signatures = {forward: inspect.signature(forward), backward: inspect.signature(backward)}
+
+    def arguments(function, args, kwargs) -> Optional[dict]:
+        bound = signatures[function].bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments if bound.arguments['launch'] and not bound.arguments['height'] else None
+
+    def leaves(a: dict) -> dict:
+        return {name: None if a[name] is None else a[name].detach().double().requires_grad_() for name in SCAN_INPUTS}
+
+    def checked_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        a = arguments(forward, args, kwargs)
+        if a is not None:
+            with torch.no_grad():
+                y64 = selective_scan_ref(**leaves(a), delta_softplus=a['delta_softplus'])
+            calls.append(('forward', _layouts(a, ('u', 'delta', 'B', 'C')), relative(out[0].double(), y64), 'y'))
+        return out
+
+    def checked_backward(*args, **kwargs):
+        grads = backward(*args, **kwargs)
+        a = arguments(backward, args, kwargs)
+        if a is not None:
+            inputs = leaves(a)
+
+            def reference():
+                y64, last64 = selective_scan_ref(**inputs, delta_softplus=a['delta_softplus'], return_last_state=True)
+                outputs, seeds = [y64], [a['dout'].double()]
+                if a['dlast'] is not None:
+                    outputs.append(last64)
+                    seeds.append(a['dlast'].double())
+                torch.autograd.backward(outputs, seeds)
+
+            # in a thread of its own: a custom op's implementation runs below autograd (its dispatch keys are
+            # excluded in this thread), so the reference's autograd would record nothing here
+            thread = threading.Thread(target=reference)
+            thread.start()
+            thread.join()
+            error, name = max((relative(grad.double(), inputs[name].grad), 'd' + name)
+                              for name, grad in zip(SCAN_INPUTS, grads) if inputs[name] is not None)
+            calls.append(('backward', _layouts(a, ('dout', 'u', 'delta', 'B', 'C')), error, name))
+        return grads
+
+    triton_backend.scan_forward, triton_backend.scan_backward = checked_forward, checked_backward
+    try:
+        yield calls
+    finally:
+        triton_backend.scan_forward, triton_backend.scan_backward = forward, backward
+
+
 def compare(args) -> dict:
     """Run every step; returns losses, per-run relative errors by parameter, and the gradients."""
     from mmmv.ops import scan_backend
@@ -130,16 +225,20 @@ def compare(args) -> dict:
     images = torch.randn(args.batch, 3, args.size or size, args.size or size, device=args.device)
     loss64, grads64 = step(model.double(), model, images.double(), None)
     model.float()
-    losses, grads, seconds = {}, {}, {}
+    losses, grads, seconds, scan_calls = {}, {}, {}, {}
     for run in args.runs:
         start = time.perf_counter()
         forward = compiled(model, run)
         with scan_backend(None if args.scan_backend == 'auto' else args.scan_backend):
             step(model, forward, images, DTYPES[args.dtype])  # warm-up: compiles
-            losses[run], grads[run] = step(model, forward, images, DTYPES[args.dtype])
+            with checking_scan([]) if args.check_scan else contextlib.nullcontext() as calls:
+                losses[run], grads[run] = step(model, forward, images, DTYPES[args.dtype])
+            if calls is not None:
+                scan_calls[run] = calls
         seconds[run] = time.perf_counter() - start
     errors = {run: {name: relative(g[name], grads64[name]) for name in grads64} for run, g in grads.items()}
-    return dict(loss64=loss64, losses=losses, errors=errors, grads=grads, grads64=grads64, seconds=seconds)
+    return dict(loss64=loss64, losses=losses, errors=errors, grads=grads, grads64=grads64, seconds=seconds,
+                scan_calls=scan_calls)
 
 
 def table(result: dict, top: int) -> List[str]:
@@ -163,6 +262,28 @@ def table(result: dict, top: int) -> List[str]:
     return lines
 
 
+def scan_table(result: dict) -> List[str]:
+    """The checked scan calls (``--check-scan``) side by side, a row per call in the order the runs made them: each
+    run's worst relative error against float64 (and of which output), eager's input layouts, and a compiled run's
+    where they differ from eager's."""
+    calls = result['scan_calls']
+    if not calls:
+        return []
+    runs = list(calls)
+    lines = ['', 'Triton scan calls against float64 on their own inputs (--check-scan): ' + ', '.join(
+                 f'{run} {len(c)} calls, worst {max((e for _, _, e, _ in c), default=0.0):.2e}'
+                 for run, c in calls.items()), '',
+             '| call | kind | ' + ' | '.join(runs) + ' | inputs (eager) | inputs where other runs differ |',
+             '|---|---|' + '---|' * (len(runs) + 2)]
+    for i in range(max(len(c) for c in calls.values())):
+        row = [c[i] if i < len(c) else None for c in calls.values()]
+        first = next(r for r in row if r is not None)
+        others = '; '.join(f'{run}: {r[1]}' for run, r in zip(runs[1:], row[1:]) if r is not None and r[1] != first[1])
+        lines.append(f'| {i} | {first[0]} | ' + ' | '.join('-' if r is None else f'{r[2]:.2e} ({r[3]})' for r in row)
+                     + f' | {first[1]} | {others or "-"} |')
+    return lines
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -171,7 +292,8 @@ def main(argv=None) -> int:
         return 2
     print(f'{args.model}, {args.dtype}, batch {args.batch}, {args.device}'
           + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else ''), flush=True)
-    print('\n'.join(table(compare(args), args.top)))
+    result = compare(args)
+    print('\n'.join(table(result, args.top) + scan_table(result)))
     return 0
 
 
