@@ -101,7 +101,7 @@ def test_scan_check_passes_the_scan_and_catches_a_wrong_gradient(monkeypatch):
     for via_custom_op in (False, True):
         calls = run(via_custom_op)
         assert [kind for kind, *_ in calls] == ['forward', 'backward']
-        assert all(error < 1e-5 for _, _, error, _ in calls), calls
+        assert all(call[2] < 1e-5 and call[4] == '' for call in calls), calls  # right, and laid out as the fake
         assert calls[1][1].startswith('dout float32 (114, 19, 1), u float32 (114, 19, 1)')
     backward = triton_backend.scan_backward
 
@@ -116,3 +116,29 @@ def test_scan_check_passes_the_scan_and_catches_a_wrong_gradient(monkeypatch):
     assert calls[0][2] < 1e-5 and calls[1][3] == 'dB' and abs(calls[1][2] - 1) < 1e-5
     lines = compile_gradients.scan_table(dict(scan_calls=dict(eager=calls)))
     assert any(line.startswith('| 1 | backward | 1.00e+00 (dB) | dout float32') for line in lines), lines
+
+
+def test_scan_check_catches_outputs_laid_out_unlike_the_fake(monkeypatch):
+    """torch.compile's code reads a custom op's outputs by its fake implementation's strides: --check-scan compares
+    them with the real outputs' on each call's own inputs (here dB made column-major by the real backward only)."""
+    pytest.importorskip('triton')
+    from mmmv.ops import selective_scan
+    from mmmv.ops.selective_scan import triton_backend
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    backward = triton_backend.scan_backward
+
+    @functools.wraps(backward)
+    def transposed_dB(*args, **kwargs):
+        grads = list(backward(*args, **kwargs))
+        if kwargs.get('launch', True):
+            grads[3] = grads[3].transpose(-1, -2).contiguous().transpose(-1, -2)
+        return grads
+
+    monkeypatch.setattr(triton_backend, 'scan_backward', transposed_dB)
+    with compile_gradients.checking_scan([]) as calls:
+        y = torch.compile(selective_scan, backend='aot_eager')(*scan_inputs(), backend='triton')
+        y.sum().backward()
+    assert calls[1][2] < 1e-5  # the values are right
+    assert calls[1][4] == 'output 3: (2, 4, 19) (76, 1, 4) torch.float32 vs fake (2, 4, 19) (76, 19, 1) torch.float32'
+    lines = compile_gradients.scan_table(dict(scan_calls=dict(inductor=calls)))
+    assert '1 unlike the fake implementation' in lines[1] and lines[-1].endswith(f'| inductor: {calls[1][4]} |')

@@ -158,8 +158,9 @@ def _layouts(arguments: dict, names: Tuple[str, ...]) -> str:
 def checking_scan(calls: list):
     """While active, every launched plain Triton scan call (the custom ops' and the eager path's; not the fake
     implementations, nor four-direction scans) is checked against `selective_scan_ref` in float64 on the same
-    inputs: the forward's y, and the backward's gradients for its dout (and d last state). Appends to `calls` one
-    (kind, inputs' layouts, worst relative error, the output it is of) per call."""
+    inputs: the forward's y, and the backward's gradients for its dout (and d last state); and the outputs' shapes,
+    strides and dtypes against the fake implementation's on the same inputs. Appends to `calls` one (kind, inputs'
+    layouts, worst relative error, the output it is of, where the outputs differ from the fake's or '') per call."""
     from mmmv.ops.selective_scan import selective_scan_ref, triton_backend
     forward, backward = triton_backend.scan_forward, triton_backend.scan_backward
     signatures = {forward: inspect.signature(forward), backward: inspect.signature(backward)}
@@ -172,13 +173,22 @@ def checking_scan(calls: list):
     def leaves(a: dict) -> dict:
         return {name: None if a[name] is None else a[name].detach().double().requires_grad_() for name in SCAN_INPUTS}
 
+    def unlike_fake(function, a: dict, outputs) -> str:
+        """Where the real outputs' shapes, strides or dtypes differ from the fake implementation's on these inputs
+        (torch.compile's code reads the real buffers by the fake's strides)."""
+        fake = function(**dict(a, launch=False))
+        return '; '.join(f'output {i}: {tuple(r.shape)} {tuple(r.stride())} {r.dtype} vs fake {tuple(f.shape)} '
+                         f'{tuple(f.stride())} {f.dtype}' for i, (r, f) in enumerate(zip(outputs, fake))
+                         if r is not None and (r.shape, r.stride(), r.dtype) != (f.shape, f.stride(), f.dtype))
+
     def checked_forward(*args, **kwargs):
         out = forward(*args, **kwargs)
         a = arguments(forward, args, kwargs)
         if a is not None:
             with torch.no_grad():
                 y64 = selective_scan_ref(**leaves(a), delta_softplus=a['delta_softplus'])
-            calls.append(('forward', _layouts(a, ('u', 'delta', 'B', 'C')), relative(out[0].double(), y64), 'y'))
+            calls.append(('forward', _layouts(a, ('u', 'delta', 'B', 'C')), relative(out[0].double(), y64), 'y',
+                          unlike_fake(forward, a, out)))
         return out
 
     def checked_backward(*args, **kwargs):
@@ -202,7 +212,9 @@ def checking_scan(calls: list):
             thread.join()
             error, name = max((relative(grad.double(), inputs[name].grad), 'd' + name)
                               for name, grad in zip(SCAN_INPUTS, grads) if inputs[name] is not None)
-            calls.append(('backward', _layouts(a, ('dout', 'u', 'delta', 'B', 'C')), error, name))
+            # the fake's outputs are those of the custom op (separate gradients), the eager path's may be views
+            unlike = unlike_fake(backward, a, grads) if a['separate'] else ''
+            calls.append(('backward', _layouts(a, ('dout', 'u', 'delta', 'B', 'C')), error, name, unlike))
         return grads
 
     triton_backend.scan_forward, triton_backend.scan_backward = checked_forward, checked_backward
@@ -271,16 +283,17 @@ def scan_table(result: dict) -> List[str]:
         return []
     runs = list(calls)
     lines = ['', 'Triton scan calls against float64 on their own inputs (--check-scan): ' + ', '.join(
-                 f'{run} {len(c)} calls, worst {max((e for _, _, e, _ in c), default=0.0):.2e}'
-                 for run, c in calls.items()), '',
-             '| call | kind | ' + ' | '.join(runs) + ' | inputs (eager) | inputs where other runs differ |',
-             '|---|---|' + '---|' * (len(runs) + 2)]
+                 f'{run} {len(c)} calls, worst {max((call[2] for call in c), default=0.0):.2e}, '
+                 f'{sum(bool(call[4]) for call in c)} unlike the fake implementation' for run, c in calls.items()), '',
+             '| call | kind | ' + ' | '.join(runs) + ' | inputs (eager) | inputs where other runs differ | '
+             'outputs unlike the fake |', '|---|---|' + '---|' * (len(runs) + 3)]
     for i in range(max(len(c) for c in calls.values())):
         row = [c[i] if i < len(c) else None for c in calls.values()]
         first = next(r for r in row if r is not None)
         others = '; '.join(f'{run}: {r[1]}' for run, r in zip(runs[1:], row[1:]) if r is not None and r[1] != first[1])
+        unlike = '; '.join(f'{run}: {r[4]}' for run, r in zip(runs, row) if r is not None and r[4])
         lines.append(f'| {i} | {first[0]} | ' + ' | '.join('-' if r is None else f'{r[2]:.2e} ({r[3]})' for r in row)
-                     + f' | {first[1]} | {others or "-"} |')
+                     + f' | {first[1]} | {others or "-"} | {unlike or "-"} |')
     return lines
 
 
