@@ -142,3 +142,30 @@ def test_scan_check_catches_outputs_laid_out_unlike_the_fake(monkeypatch):
     assert calls[1][4] == 'output 3: (2, 4, 19) (76, 1, 4) torch.float32 vs fake (2, 4, 19) (76, 19, 1) torch.float32'
     lines = compile_gradients.scan_table(dict(scan_calls=dict(inductor=calls)))
     assert '1 unlike the fake implementation' in lines[1] and lines[-1].endswith(f'| inductor: {calls[1][4]} |')
+
+
+def test_compile_only_compiles_the_matching_submodules_and_undoes_it(capsys):
+    """--compile-only: the matching submodules compiled in place (each its own graph), the rest eager; the gradients
+    as eager's (aot_eager, float32, torch scan backend); afterwards no submodule is left compiled; a pattern that
+    matches nothing is a short error naming some of the model's submodules."""
+    from torch._dynamo.utils import counters
+    build, size = compile_gradients.models()['MambaVision-tiny']
+    model = build().eval()
+    forward = compile_gradients.compiled(model, 'aot_eager', r'stages[.]2[.]blocks[.]\d+')
+    assert forward is model
+    compiled = [name for name, m in model.named_modules() if m._compiled_call_impl is not None]
+    assert compiled == ['stages.2.blocks.0', 'stages.2.blocks.1']
+    counters.clear()
+    images = torch.randn(2, 3, size, size)
+    loss, grads = compile_gradients.step(model, forward, images, None)
+    assert counters['stats']['unique_graphs'] >= 2  # a graph per block
+    compile_gradients.uncompiled(model)
+    assert all(m._compiled_call_impl is None for m in model.modules())
+    loss_eager, grads_eager = compile_gradients.step(model, model, images, None)
+    assert abs(loss - loss_eager) < 1e-6 and all(compile_gradients.relative(grads[n], grads_eager[n]) < 1e-4
+                                                  for n in grads_eager)
+    with pytest.raises(ValueError, match="matches no submodule .*top-level ones: patch_embed.*stages"):
+        compile_gradients.compiled(model, 'aot_eager', 'decoder')
+    # from the command line: said before any run, exit status 2
+    assert compile_gradients.main(['--model', 'MambaVision-tiny', '--device', 'cpu', '--compile-only', 'x']) == 2
+    assert "error: --compile-only 'x' matches no submodule" in capsys.readouterr().err

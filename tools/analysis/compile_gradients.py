@@ -19,6 +19,7 @@ compiled gradient to eager's.
     TRITON_INTERPRET=1 python tools/analysis/compile_gradients.py --device cpu --runs eager,aot_eager \
         --scan-backend triton                   # on CPU: the Triton scan's custom ops in the interpreter
     python tools/analysis/compile_gradients.py --runs eager,inductor --check-scan
+    python tools/analysis/compile_gradients.py --runs eager,inductor --compile-only 'stages[.]2[.]blocks[.][4-7]'
 
 ``--check-scan`` checks every Triton scan call of each run against the float64 loop reference on the same inputs
 (the forward's y; the backward's gradients for its dout), and lists per call the inputs' dtypes and strides and the
@@ -31,6 +32,7 @@ import importlib
 import importlib.util
 import inspect
 import os.path as osp
+import re
 import sys
 import threading
 import time
@@ -85,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'TRITON_INTERPRET=1); the float64 step always runs the torch backend')
     parser.add_argument('--check-scan', action='store_true',
                         help='check each Triton scan call against the float64 reference (plain scans; slow)')
+    parser.add_argument('--compile-only', metavar='REGEX',
+                        help="compile only the submodules whose qualified names match (each its own graph), e.g. "
+                             "'stages\\.2\\.blocks\\.[0-3]' (MambaVision-T stage 2's mixer blocks): bisects a compiled "
+                             "run's error")
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     args.runs = [run.strip() for run in args.runs.split(',') if run.strip()]
@@ -128,14 +134,37 @@ def step(model: nn.Module, forward: Callable, images: torch.Tensor,
                          if p.grad is not None}
 
 
-def compiled(model: nn.Module, run: str) -> Callable:
-    """The model's forward for `run` (see the module docstring)."""
+def compiled(model: nn.Module, run: str, only: Optional[str] = None) -> Callable:
+    """The model's forward for `run` (see the module docstring): the whole model compiled, or with `only` (a regular
+    expression) each submodule whose qualified name matches it, in place, each its own graph, and the rest eager
+    (`uncompiled` undoes that)."""
     torch._dynamo.reset()
     if run == 'eager':
         return model
     import torch._inductor.config as inductor_config
     inductor_config.emulate_precision_casts = run == 'emulate'
-    return torch.compile(model, backend='aot_eager' if run == 'aot_eager' else 'inductor')
+    backend = 'aot_eager' if run == 'aot_eager' else 'inductor'
+    if only is None:
+        return torch.compile(model, backend=backend)
+    for module in matching(model, only):
+        module.compile(backend=backend)
+    return model
+
+
+def matching(model: nn.Module, only: str) -> List[nn.Module]:
+    """The submodules whose qualified names match `only`; a ValueError when none does."""
+    matched = [module for name, module in model.named_modules() if re.fullmatch(only, name)]
+    if not matched:
+        raise ValueError(f'--compile-only {only!r} matches no submodule of the model (its top-level ones: '
+                         f'{", ".join(name for name, _ in model.named_children())}; qualified names join them '
+                         "with '.', e.g. stages.2.blocks.0)")
+    return matched
+
+
+def uncompiled(model: nn.Module) -> None:
+    """Every submodule back to eager after `compiled(..., only=...)`."""
+    for module in model.modules():
+        module._compiled_call_impl = None
 
 
 def relative(grad: torch.Tensor, reference: torch.Tensor) -> float:
@@ -234,19 +263,22 @@ def compare(args) -> dict:
     torch.manual_seed(args.seed)
     build, size = models()[args.model]
     model = build().to(args.device).eval()  # eval: no drop path, so every run sees the same network
+    if args.compile_only is not None:
+        matching(model, args.compile_only)  # before the runs: a pattern that matches nothing is said at once
     images = torch.randn(args.batch, 3, args.size or size, args.size or size, device=args.device)
     loss64, grads64 = step(model.double(), model, images.double(), None)
     model.float()
     losses, grads, seconds, scan_calls = {}, {}, {}, {}
     for run in args.runs:
         start = time.perf_counter()
-        forward = compiled(model, run)
+        forward = compiled(model, run, args.compile_only)
         with scan_backend(None if args.scan_backend == 'auto' else args.scan_backend):
             step(model, forward, images, DTYPES[args.dtype])  # warm-up: compiles
             with checking_scan([]) if args.check_scan else contextlib.nullcontext() as calls:
                 losses[run], grads[run] = step(model, forward, images, DTYPES[args.dtype])
             if calls is not None:
                 scan_calls[run] = calls
+        uncompiled(model)
         seconds[run] = time.perf_counter() - start
     errors = {run: {name: relative(g[name], grads64[name]) for name in grads64} for run, g in grads.items()}
     return dict(loss64=loss64, losses=losses, errors=errors, grads=grads, grads64=grads64, seconds=seconds,
@@ -305,7 +337,11 @@ def main(argv=None) -> int:
         return 2
     print(f'{args.model}, {args.dtype}, batch {args.batch}, {args.device}'
           + (f' ({torch.cuda.get_device_name()})' if args.device == 'cuda' else ''), flush=True)
-    result = compare(args)
+    try:
+        result = compare(args)
+    except ValueError as error:  # an argument that the model does not fit (--compile-only)
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     print('\n'.join(table(result, args.top) + scan_table(result)))
     return 0
 
