@@ -53,27 +53,29 @@ def test_inductor_compile():
     assert torch.isfinite(inputs['A'].grad).all()
 
 
-def assert_model_triton_matches_torch(model, x, grad_of):
-    """Outputs, and the gradient of the parameter `grad_of(model)`, equal on the two scan backends."""
+def assert_model_triton_matches_torch(model, x, grad_of, probe_loss):
+    """Outputs, and the gradient of the parameter `grad_of(model)` (for `probe_loss`: the outputs' mean square is
+    constant behind their LayerNorms), equal on the two scan backends, the gradient relative to its norm."""
     results = {}
     for backend in ('triton', 'torch'):
         model.zero_grad()
         with scan_backend(backend):
             outs = model(x)
-            sum(o.square().mean() for o in outs).backward()
+            probe_loss(outs).backward()
         results[backend] = ([o.detach() for o in outs], grad_of(model).grad.clone())
     for out_triton, out_torch in zip(results['triton'][0], results['torch'][0]):
         torch.testing.assert_close(out_triton, out_torch, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(results['triton'][1], results['torch'][1], rtol=1e-3, atol=1e-5)
+    grad, reference = results['triton'][1], results['torch'][1]
+    assert reference.norm() > 0 and (grad - reference).norm() <= 1e-3 * reference.norm()
 
 
-def test_mambavision_t_triton_matches_torch_backend():
+def test_mambavision_t_triton_matches_torch_backend(probe_loss):
     from mmmv.models.mambavision import MambaVision
 
     torch.manual_seed(0)
     model = MambaVision('T', drop_path_rate=0.0).cuda()
     assert_model_triton_matches_torch(model, torch.randn(2, 3, 224, 224, device='cuda'),
-                                      lambda m: m.stages[2].blocks[0].mixer.A_log)
+                                      lambda m: m.stages[2].blocks[0].mixer.A_log, probe_loss)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,13 +139,13 @@ def test_fused_cross_scan_compiles():
     assert torch.isfinite(inputs['A'].grad).all()
 
 
-def test_vss_encoder_triton_matches_torch_backend():
+def test_vss_encoder_triton_matches_torch_backend(probe_loss):
     from mmmv.models.vss import VSSEncoder
 
     torch.manual_seed(0)
     model = VSSEncoder('vmunet', drop_path_rate=0.0).cuda()
     assert_model_triton_matches_torch(model, torch.randn(2, 3, 200, 264, device='cuda'),
-                                      lambda m: m.layers[1].blocks[0].self_attention.A_logs)
+                                      lambda m: m.layers[1].blocks[0].self_attention.A_logs, probe_loss)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
