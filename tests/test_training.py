@@ -123,3 +123,25 @@ def test_two_gloo_processes_through_dist_train(tmp_path, data_root):
     # 8 images over 2 processes x batch 2: 2 iterations per epoch
     assert [r['iter'] for r in scalars(work_dir)] == [1, 2]
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+
+
+@pytest.mark.parametrize('ending', ['returns', 'raises'])
+def test_run_tool_destroys_the_process_group_it_leaves(tmp_path, ending):
+    """The tools' `run_tool` destroys a default process group left initialised by the run (as mmengine's Runner
+    leaves it), whether the tool returns or raises, so that gloo's threads do not outlive the interpreter."""
+    import torch.distributed as dist
+    from mmmv.engine.toolbox import run_tool
+
+    def main():
+        dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+        assert dist.is_initialized()
+        if ending == 'raises':
+            raise RuntimeError('the run failed')
+        return 0
+
+    if ending == 'raises':
+        with pytest.raises(RuntimeError, match='the run failed'):
+            run_tool(main)
+    else:
+        assert run_tool(main) == 0
+    assert not dist.is_initialized()
