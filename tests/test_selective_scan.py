@@ -64,6 +64,52 @@ def make_inputs(batch: int = 2,
     return {name: None if t is None else t.to(device).requires_grad_() for name, t in inputs.items()}
 
 
+# Layouts of (u, delta, B, C, d y) as the MambaVision mixer and torch.compile can pass them (the kernels read any
+# strides; a layout the eager model never produces is where a wrong stride would hide): 'slice' is a token-major
+# view of some channels of a wider buffer, with a storage offset (a split of a projection's output, or the half of
+# a concatenation's gradient).
+MIXER_LAYOUTS = {
+    'eager-mixer': ('contiguous', 'token-major', 'contiguous', 'contiguous', 'slice'),
+    'channels-last-conv': ('token-major', 'token-major', 'contiguous', 'contiguous', 'slice'),
+    'token-major': ('token-major',) * 5,
+    'projection-views': ('contiguous', 'slice', 'slice', 'slice', 'contiguous'),
+    'contiguous': ('contiguous',) * 5,
+}
+
+
+def laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (batch, channels, L) tensor with t's values in `layout` (see MIXER_LAYOUTS), detached."""
+    t = t.detach()
+    if layout == 'contiguous':
+        return t.contiguous()
+    if layout == 'token-major':
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    batch, channels, length = t.shape
+    wide = torch.zeros(batch, length, 2 * channels + 3, dtype=t.dtype, device=t.device)
+    wide[:, :, 3:3 + channels] = t.transpose(1, 2)
+    return wide[:, :, 3:3 + channels].transpose(1, 2)
+
+
+def assert_layouts_match_reference(inputs: Dict[str, Optional[torch.Tensor]], layouts: tuple, scan,
+                                   tolerance: float) -> None:
+    """`scan` (called like `selective_scan`, without z) on u, delta, B, C and d y laid out as `layouts`: the output
+    and every gradient within `tolerance` of the float64 reference, relative to each one's norm."""
+    values = {name: t.detach() for name, t in inputs.items() if t is not None}
+    tensors = {name: laid_out(values[name], layout).requires_grad_()
+               for name, layout in zip(('u', 'delta', 'B', 'C'), layouts)}
+    tensors.update({name: values[name].clone().requires_grad_() for name in ('A', 'D', 'delta_bias')})
+    reference = {name: t.double().requires_grad_() for name, t in values.items()}
+    y = scan(**tensors, delta_softplus=True)
+    y_ref = selective_scan_ref(**reference, delta_softplus=True)
+    dy = laid_out(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device, y.dtype), layouts[4])
+    names = sorted(tensors)
+    grads = torch.autograd.grad(y, [tensors[n] for n in names], dy)
+    grads_ref = torch.autograd.grad(y_ref, [reference[n] for n in names], dy.double())
+    for name, out, out_ref in [('y', y, y_ref)] + list(zip(['d' + n for n in names], grads, grads_ref)):
+        error = ((out.double() - out_ref).norm() / out_ref.norm()).item()
+        assert error <= tolerance, f'{name}: relative error {error:.2e} with layouts {layouts}'
+
+
 def assert_matches_reference(inputs: Dict[str, Optional[torch.Tensor]],
                              delta_softplus: bool = True,
                              chunk_size: Optional[int] = None,

@@ -4,11 +4,14 @@ on CPU under the interpreter by test_selective_scan_triton.py). Run before chang
 
 Sequence lengths, channels and states are those of the benchmark cases (../shared/ANCHORS.md section 3); the batch
 is cut to 2 so that the float64 reference loop stays affordable."""
+import functools
+
 import pytest
 import torch
 
 from mmmv.ops import scan_backend, selective_scan
-from test_selective_scan import assert_matches_reference, make_inputs
+from test_selective_scan import (MIXER_LAYOUTS, assert_layouts_match_reference, assert_matches_reference,
+                                 make_inputs)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -33,6 +36,24 @@ def test_full_sizes(case, dtype):
     inputs = make_inputs(batch=2, dim=dim, length=length, state=state, groups_B=groups, groups_C=groups, dtype=dtype,
                          z=has_z, device='cuda')
     assert_matches_reference(inputs, scan=lambda **kw: selective_scan(**kw, backend='triton'))
+
+
+@pytest.mark.parametrize('via', ['eager', 'custom-ops'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('layouts', sorted(MIXER_LAYOUTS))
+@pytest.mark.parametrize('case', ['mambavision_t_stage3_224', 'mambavision_t_stage4_224'])
+def test_mixer_layouts(case, layouts, dtype, via):
+    """MambaVision-T's scans (batch 2) with u, delta, B, C and d y laid out as the mixer and torch.compile pass them
+    (compiled bf16 MambaVision-T trains off from eager: issue 11), on the eager path and through the custom ops:
+    the output and every gradient against float64, relative to its norm (bf16: its rounding, 2**-8)."""
+    dim, length, state, _, _ = FULL_SIZES[case]
+    inputs = make_inputs(batch=2, dim=dim, length=length, state=state, dtype=dtype, z=False, device='cuda')
+    scan = functools.partial(selective_scan, backend='triton')
+    if via == 'custom-ops':
+        torch._dynamo.reset()
+        scan = torch.compile(scan, backend='aot_eager')
+    assert_layouts_match_reference(inputs, MIXER_LAYOUTS[layouts], scan,
+                                   tolerance=1e-2 if dtype is torch.bfloat16 else 1e-4)
 
 
 def test_auto_dispatch_uses_triton_on_cuda():

@@ -14,7 +14,8 @@ import torch
 
 from mmmv.ops import selective_scan, selective_scan_ref
 from mmmv.ops.selective_scan import interface, resolve_backend, scan_backend, set_scan_backend
-from test_selective_scan import assert_matches_reference, make_inputs
+from test_selective_scan import (MIXER_LAYOUTS, assert_layouts_match_reference, assert_matches_reference,
+                                 make_inputs)
 
 pytest.importorskip('triton')
 import triton  # noqa: E402 - imported after the skip
@@ -475,3 +476,16 @@ def test_warp_backward_gets_its_buffers_and_they_are_summed(monkeypatch):
             assert torch.equal(grad, torch.full_like(grad, value))
         assert dB.shape == x['B'].shape and dA.shape == x['A'].shape and dD.shape == (dim, )
         assert (dz is None) != separate
+
+
+@pytest.mark.parametrize('via', ['eager', 'custom-ops'])
+@pytest.mark.parametrize('layouts', sorted(MIXER_LAYOUTS))
+def test_mixer_layouts(layouts, via):
+    """u, delta, B, C and d y in the layouts the MambaVision mixer and torch.compile pass, on the eager path and
+    through the custom ops (what a compiled model calls): output and gradients against float64."""
+    inputs = make_inputs(batch=2, dim=6, length=19, state=4, z=False, device=DEVICE)
+    scan = functools.partial(selective_scan, backend='triton')
+    if via == 'custom-ops':
+        torch._dynamo.reset()
+        scan = torch.compile(scan, backend='aot_eager')
+    assert_layouts_match_reference(inputs, MIXER_LAYOUTS[layouts], scan, tolerance=1e-5)
