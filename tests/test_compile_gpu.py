@@ -55,8 +55,8 @@ def test_compiled_training_step_equals_eager(name, fused, dtype, monkeypatch, re
     if name == 'MambaVision-T' and dtype is torch.bfloat16:
         # measured on an H200 (torch 2.11, triton 3.6), probe loss: inductor's worst gradient 2.5e-1 relative to
         # float64 (stage 2: x_proj, the attention blocks' qkv; cosine to eager's 0.97), eager's 7.3e-2; with the
-        # torch scan backend inductor's is 7.4e-2: the Triton scan under inductor. Open in issue 11
-        # (compile_gradients.py --check-scan checks each scan call). strict: fails once fixed, so that the mark goes.
+        # torch scan backend (eager between compiled graphs) inductor's is 7.4e-2. Open in issue 11
+        # (compile_gradients.py --check-scan, --compile-only). strict: fails once fixed, so that the mark goes.
         request.applymarker(pytest.mark.xfail(strict=True, reason='compiled bf16 MambaVision-T gradient (issue 11)'))
     monkeypatch.setattr(cross_scan, 'FUSED_BY_DEFAULT', fused)
     if dtype is None:
