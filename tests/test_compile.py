@@ -5,20 +5,12 @@ errors for bad values, and the Runner-less tools that switch it off.
 CPU runs use torch.compile's ``aot_eager`` backend: it traces exactly what inductor traces (dynamo's graphs, the guards
 that decide recompilation, the scan ops' fake implementations, AOT autograd's backward) but runs the traced aten ops
 instead of generating C++, which takes minutes per model on 2 cores. Inductor runs in tests/test_compile_gpu.py."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from mmmv.models import MambaVision, VSSEncoder
 from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, inductor_workarounds
-
-_spec = importlib.util.spec_from_file_location('compile_gradients', osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'analysis', 'compile_gradients.py'))
-compile_gradients = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compile_gradients)
 
 AOT = dict(backend='aot_eager')
 MV_ARCH = dict(depths=(1, 1, 2, 1), dim=8, in_dim=8, num_heads=(1, 1, 2, 2), window_size=(2, 2, 2, 1))
@@ -47,13 +39,13 @@ def twins(name, **kwargs):
     return eager, compiled
 
 
-def step(model, images, autocast):
+def step(model, images, autocast, probe_loss):
     model.zero_grad(set_to_none=True)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         outputs = model(images)
     # each output against a fixed random map: the outputs' mean square, which their LayerNorms make constant, would
     # leave only rounding noise in the gradients behind the norms
-    compile_gradients.probe_loss(outputs).backward()
+    probe_loss(outputs).backward()
     return [o.detach().float() for o in outputs], [p.grad for p in model.parameters()]
 
 
@@ -155,13 +147,13 @@ TOLERANCE = {False: 1e-4, True: 3e-2}
 
 @pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16-autocast'])
 @pytest.mark.parametrize('name', sorted(BUILDERS))
-def test_compiled_equals_eager_on_the_torch_backend(name, autocast):
+def test_compiled_equals_eager_on_the_torch_backend(name, autocast, probe_loss):
     """Forward and backward of the compiled backbone equal eager's. On the torch scan backend the scan runs eagerly
     between the compiled graphs (interface.untraced_torch_backend): without that, tracing it failed."""
     eager, compiled = twins(name, scan_backend='torch')
     images = torch.randn(2, 3, 64, 96)
-    outputs, grads = step(eager, images, autocast)
-    outputs_c, grads_c = step(compiled, images, autocast)
+    outputs, grads = step(eager, images, autocast, probe_loss)
+    outputs_c, grads_c = step(compiled, images, autocast, probe_loss)
     assert counters['stats']['unique_graphs'] >= 1  # it did compile
     assert len(grads_c) == len(grads) and all(g is not None for g in grads_c)
     errors = [relative_error(a, b) for a, b in zip(outputs_c + grads_c, outputs + grads)]
