@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops import selective_scan
 from ..ops.selective_scan import scan_backend as use_scan_backend
@@ -186,6 +187,21 @@ class MambaVisionMixer(nn.Module):
         return self.out_proj(torch.cat([y, z], dim=1).transpose(1, 2))
 
 
+# SDPA backends allowed while torch.compile traces the attention: all but cuDNN's. Measured on an H200 (torch
+# 2.11+cu130): torch picks cuDNN attention at MambaVision's window shapes, and the compiled bf16 training step of
+# MambaVision-T then has gradients 2.5e-1 off float64 (eager 7.3e-2; with SDPA's math backend compiled 7.6e-2); eager
+# cuDNN attention is right and keeps torch's choice. docs/compile.md.
+COMPILED_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; under torch.compile without cuDNN's backend (``COMPILED_SDPA_BACKENDS``)."""
+    if torch.compiler.is_compiling():
+        with sdpa_kernel(list(COMPILED_SDPA_BACKENDS)):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over (B, L, C) windows, qkv with bias, no positional terms."""
 
@@ -203,7 +219,7 @@ class Attention(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = attention(q, k, v, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, length, dim)))
 
 
