@@ -171,7 +171,7 @@ def triton_on_cpu():
 
 # Sizes as a detection batch changes them (multiples of 16 here, of 32 in mmdet), not square at first (dynamo would
 # guard H == W), giving every map and window count 2 or more (dynamo specialises sizes 0 and 1), with maps that need
-# no padding to the windows (padding or not is a guard: a second graph, see docs/compile.md) and in one band of
+# no padding to the windows (the padding cases: test_padding_cases_share_one_graph_in_training) and in one band of
 # torch's CPU convolution heuristics (its CPU conv meta functions guard on the element count, e.g. 3 * H * W <= 20480,
 # and recompile once more past it; measured here, not on CUDA).
 SIZES = {'MambaVision': [(64, 96), (96, 64), (64, 64)]}
@@ -192,6 +192,29 @@ def test_new_input_sizes_do_not_recompile(name, triton_on_cpu):
             for size in SIZES[name]:
                 model(torch.randn(1, 3, *size, device=triton_on_cpu))
         assert counters['stats']['unique_graphs'] == compiles, (dynamic, dict(counters['stats']))
+
+
+# Sizes giving MambaVision's hybrid stage (window 2, a map of H / 16 x W / 16) each case of padding to its windows:
+# none, H, W, both (one band of the CPU convolution heuristics, as SIZES)
+PADDING_SIZES = [(64, 96), (48, 96), (64, 80), (48, 80)]
+
+
+def test_padding_cases_share_one_graph_in_training(triton_on_cpu, probe_loss):
+    """With dynamic=True a training step (forward and AOT autograd's backward, the Triton scan in the graph) compiles
+    once for maps that need padding to the windows and maps that do not, and equals eager at a padded size. While
+    compiling, the crop back from the windows is a gather: a slice's gradient asked whether the map had been padded,
+    a guard per case (four graphs here before; docs/compile.md)."""
+    torch.manual_seed(0)
+    eager = BUILDERS['MambaVision'](scan_backend='triton').eval().to(triton_on_cpu)
+    model = BUILDERS['MambaVision'](scan_backend='triton', compile=dict(AOT, dynamic=True)).eval().to(triton_on_cpu)
+    model.load_state_dict(eager.state_dict())
+    for size in PADDING_SIZES:
+        images = torch.randn(1, 3, *size, device=triton_on_cpu)
+        outputs, grads = step(model, images, False, probe_loss)
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    outputs_e, grads_e = step(eager, images, False, probe_loss)
+    errors = [relative_error(a, b) for a, b in zip(outputs + grads, outputs_e + grads_e)]
+    assert max(errors) <= TOLERANCE[False], max(errors)
 
 
 @pytest.mark.parametrize('config', ['configs/demo/vmunet_demo.py', 'configs/demo/mask_rcnn_mambavision_t_demo.py'])

@@ -280,6 +280,21 @@ def round_up(size: int, multiple: int) -> int:
     return (size + multiple - 1) // multiple * multiple
 
 
+def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, H, W) -> its top-left (B, C, height, width): a slice (a view) in eager mode; while torch.compile or
+    torch.export traces it, gathered into a new tensor.
+
+    A slice's gradient is written through a slice view of a zero map, contiguous or not as the map was padded or not;
+    with symbolic sizes that question is a guard, and each padding case of a stage (H, W, both, neither) was another
+    graph. The gather's gradient (an index_add into zeros) asks nothing of the sizes.
+    """
+    if not torch.compiler.is_compiling():
+        return x[:, :, :height, :width]
+    for dim, size in ((2, height), (3, width)):
+        x = x.index_select(dim, torch.arange(size, device=x.device))
+    return x
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, C, H, W) with H, W multiples of ``window`` -> (B * num_windows, window * window, C), raster order."""
     batch, channels, height, width = x.shape
@@ -352,7 +367,7 @@ class MambaVisionStage(nn.Module):
             # Padded tokens are not masked: they enter the norms, the attention keys and the scan, as officially.
             x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
             x = self._run_blocks(window_partition(x, window))
-            x = window_reverse(x, window, padded_h, padded_w)[:, :, :height, :width]
+            x = crop_to(window_reverse(x, window, padded_h, padded_w), height, width)
         return x, (self.downsample(x) if self.downsample is not None else None)
 
 
