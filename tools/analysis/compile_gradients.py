@@ -199,8 +199,9 @@ def checking_scan(calls: list):
         bound.apply_defaults()
         return bound.arguments if bound.arguments['launch'] and not bound.arguments['height'] else None
 
-    def leaves(a: dict) -> dict:
-        return {name: None if a[name] is None else a[name].detach().double().requires_grad_() for name in SCAN_INPUTS}
+    def leaves(a: dict, device=None) -> dict:
+        return {name: None if a[name] is None else a[name].detach().to(device, torch.float64).requires_grad_()
+                for name in SCAN_INPUTS}
 
     def unlike_fake(function, a: dict, outputs) -> str:
         """Where the real outputs' shapes, strides or dtypes differ from the fake implementation's on these inputs
@@ -224,22 +225,24 @@ def checking_scan(calls: list):
         grads = backward(*args, **kwargs)
         a = arguments(backward, args, kwargs)
         if a is not None:
-            inputs = leaves(a)
+            inputs = leaves(a, 'cpu')  # see below
 
             def reference():
                 y64, last64 = selective_scan_ref(**inputs, delta_softplus=a['delta_softplus'], return_last_state=True)
-                outputs, seeds = [y64], [a['dout'].double()]
+                outputs, seeds = [y64], [a['dout'].cpu().double()]
                 if a['dlast'] is not None:
                     outputs.append(last64)
-                    seeds.append(a['dlast'].double())
+                    seeds.append(a['dlast'].cpu().double())
                 torch.autograd.backward(outputs, seeds)
 
             # in a thread of its own: a custom op's implementation runs below autograd (its dispatch keys are
-            # excluded in this thread), so the reference's autograd would record nothing here
+            # excluded in this thread), so the reference's autograd would record nothing here. On CPU: a backward of
+            # CUDA tensors would queue its work on the device's autograd thread, which is the one running this
+            # backward and waiting for the join (the GPU run hung until its time limit)
             thread = threading.Thread(target=reference)
             thread.start()
             thread.join()
-            error, name = max((relative(grad.double(), inputs[name].grad), 'd' + name)
+            error, name = max((relative(grad.cpu().double(), inputs[name].grad), 'd' + name)
                               for name, grad in zip(SCAN_INPUTS, grads) if inputs[name] is not None)
             # the fake's outputs are those of the custom op (separate gradients), the eager path's may be views
             unlike = unlike_fake(backward, a, grads) if a['separate'] else ''
