@@ -10,6 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from mmmv.models import MambaVision, VSSEncoder
+from mmmv.models import vss
 from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, inductor_workarounds
 
 AOT = dict(backend='aot_eager')
@@ -215,6 +216,23 @@ def test_padding_cases_share_one_graph_in_training(triton_on_cpu, probe_loss):
     outputs_e, grads_e = step(eager, images, False, probe_loss)
     errors = [relative_error(a, b) for a, b in zip(outputs + grads, outputs_e + grads_e)]
     assert max(errors) <= TOLERANCE[False], max(errors)
+
+
+def test_vss_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
+    """VSSEncoder with dynamic=True: maps that its patch merging pads to even sizes (H, W, both, neither) share one
+    training graph. While compiling, pad_to_multiple always pads: its early return when nothing needed padding was a
+    guard per case. The model's code around the scan is what is checked: the 2D scan is replaced by a traceable
+    stand-in of its shapes (the fused Triton scan takes minutes in the interpreter; the torch backend runs eagerly
+    between graphs, whose count then says nothing)."""
+    def stand_in(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, **kwargs):
+        return u * torch.sigmoid(delta.sum(1)) + (B.sum((1, 2)) * C.sum((1, 2))).unsqueeze(1)
+
+    monkeypatch.setattr(vss, 'cross_selective_scan', stand_in)
+    # all four stages: the stride-16 map (4 x 6, 4 x 5, 3 x 6, 3 x 5) is padded to even sizes for the last one
+    model = VSSEncoder(VSS_ARCH, out_indices=(0, 1, 2, 3), compile=dict(AOT, dynamic=True)).eval()
+    for size in [(64, 96), (64, 80), (48, 96), (48, 80)]:
+        step(model, torch.randn(1, 3, *size), False, probe_loss)
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
 
 
 @pytest.mark.parametrize('config', ['configs/demo/vmunet_demo.py', 'configs/demo/mask_rcnn_mambavision_t_demo.py'])

@@ -49,9 +49,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torc
     """Zero-pad the bottom and right of a map so that H and W are multiples of ``multiple`` (a no-op if they are)."""
     height, width = (x.shape[1:3] if channels_last else x.shape[2:4])
     # round_up, not (-size) % multiple: the same numbers, simpler shapes under torch.export with symbolic H, W;
-    # symbolic sizes always pad (a branch would fix the exported graph to one case)
+    # traced (torch.compile, torch.export) it always pads: a branch on the amounts would be a guard, a graph per case
+    # (dynamo answers isinstance(SymInt, int) with True, so the test cannot be on the sizes' type)
     pad_h, pad_w = round_up(height, multiple) - height, round_up(width, multiple) - width
-    if isinstance(pad_h, int) and isinstance(pad_w, int) and not (pad_h or pad_w):
+    if not torch.compiler.is_compiling() and not (pad_h or pad_w):
         return x
     return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
 
