@@ -13,12 +13,11 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPT = osp.join(REPO, 'tools', 'analysis', 'benchmark_official.py')
-spec = importlib.util.spec_from_file_location('benchmark_official', SCRIPT)
-benchmark_official = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_official)
+benchmark_official = load_tool('analysis/benchmark_official.py')
 
 
 @pytest.fixture

@@ -1,17 +1,12 @@
 """tools/analysis/benchmark_scan_backward.py: its variant names and its refusal without a GPU (the timings need
 CUDA: docs/benchmarks.md has the tables it printed)."""
 import argparse
-import importlib.util
-import os.path as osp
 
 import pytest
 import torch
+from tool_loading import load_tool
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    'benchmark_scan_backward', osp.join(REPO, 'tools', 'analysis', 'benchmark_scan_backward.py'))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_tool('analysis/benchmark_scan_backward.py')
 
 
 def test_variants_are_parsed_with_their_options(tmp_path):

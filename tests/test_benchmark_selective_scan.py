@@ -1,17 +1,12 @@
 """tools/analysis/benchmark_selective_scan.py: its host-time measure and its arguments (the GPU tables need CUDA;
 the loop section runs in docs/benchmarks.md's CPU command)."""
-import importlib.util
-import os.path as osp
 import time
 
 import pytest
 import torch
+from tool_loading import load_tool
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    'benchmark_selective_scan', osp.join(REPO, 'tools', 'analysis', 'benchmark_selective_scan.py'))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_tool('analysis/benchmark_selective_scan.py')
 
 
 def test_host_time_counts_every_call_and_no_more():

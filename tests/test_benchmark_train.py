@@ -1,6 +1,5 @@
 """TrainBenchmarkHook in a real mmengine run, and the pieces of tools/analysis/benchmark_train.py (generated data and
 the derived config); the script's full runs are GPU measurements (docs/model_zoo.md)."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -16,12 +15,10 @@ from mmengine.runner import Runner  # noqa: E402
 
 import mmmv  # noqa: E402,F401  (registers the hook)
 from mmmv.engine.hooks import TrainBenchmarkHook, count_sync_batchnorm  # noqa: E402
+from tool_loading import load_tool  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('benchmark_train',
-                                              osp.join(REPO, 'tools', 'analysis', 'benchmark_train.py'))
-benchmark_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_train)
+benchmark_train = load_tool('analysis/benchmark_train.py')
 
 
 class ToyModel(BaseModel):

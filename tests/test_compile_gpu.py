@@ -2,7 +2,6 @@
 MambaVision-T, VSSEncoder and the whole VM-UNet, with the fused and the unfused 2D scan, in float32 and under bfloat16
 autocast. The compiled loss and gradients must equal eager's. Needs CUDA; skipped elsewhere."""
 import importlib
-import importlib.util
 import os.path as osp
 import warnings
 
@@ -13,15 +12,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='compiled 
 pytest.importorskip('triton')
 
 from mmmv.models import MambaVision  # noqa: E402
+from tool_loading import load_tool  # noqa: E402
 
 cross_scan = importlib.import_module('mmmv.ops.cross_scan')  # the module (mmmv.ops.cross_scan is also a function)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-_spec = importlib.util.spec_from_file_location(
-    'compile_gradients', osp.join(REPO, 'tools', 'analysis', 'compile_gradients.py'))
-compile_gradients = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compile_gradients)
+compile_gradients = load_tool('analysis/compile_gradients.py')
 # name -> (builder, input size): the models of tools/analysis/compile_gradients.py, which lists per parameter what
 # this test bounds
 MODELS = {name: compile_gradients.models()[name] for name in ('MambaVision-T', 'VSSEncoder', 'VM-UNet')}

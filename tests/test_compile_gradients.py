@@ -1,17 +1,12 @@
 """tools/analysis/compile_gradients.py on the CPU: its arguments, a real eager / aot_eager comparison on an 8-channel
 MambaVision against float64, and the ranking of its table (the GPU runs it with inductor; docs/benchmarks.md)."""
 import functools
-import importlib.util
-import os.path as osp
 
 import pytest
 import torch
+from tool_loading import load_tool
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-spec = importlib.util.spec_from_file_location('compile_gradients',
-                                              osp.join(REPO, 'tools', 'analysis', 'compile_gradients.py'))
-compile_gradients = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compile_gradients)
+compile_gradients = load_tool('analysis/compile_gradients.py')
 
 
 @pytest.fixture(autouse=True)

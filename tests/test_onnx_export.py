@@ -6,7 +6,6 @@ config builds (weights moved off their structured init, so that mix-ups show). A
 models are as small as still reach every layer type (window padding, attention, patch merging and expansion with
 odd maps, the four-direction scan).
 """
-import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -17,6 +16,7 @@ import torch
 
 from mmmv.ops import cross_selective_scan, scan_backend, selective_scan, selective_scan_ref
 from mmmv.ops.selective_scan.export_backend import selective_scan_export
+from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'deployment', 'pytorch2onnx.py')
@@ -236,9 +236,7 @@ def test_tool_says_how_to_install_onnxruntime(tmp_path):
 
 def test_upernet_pyramid_pooling_keeps_height_and_width_fixed():
     """Adaptive pooling to a grid other than 1 x 1 exports for the traced size only: the tool keeps H, W fixed."""
-    spec = importlib.util.spec_from_file_location('pytorch2onnx', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('deployment/pytorch2onnx.py')
     pyramid = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d((2, 2)))
     assert 'AdaptiveAvgPool2d to (2, 2)' in tool.fixed_size_reason(pyramid)
     assert tool.fixed_size_reason(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1))) is None

@@ -5,13 +5,13 @@ import importlib.util
 import json
 import os
 import os.path as osp
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tool_loading import load_tool as load_tools_script
 
 from mmmv.datasets import generate_demo_lesions
 from mmmv.evaluation import case_dice_hd95, confusion_matrix, hd95, pooled_scores
@@ -23,12 +23,7 @@ requires_mmseg = pytest.mark.skipif(importlib.util.find_spec('mmseg') is None,
 
 
 def load_tool(name):
-    path = osp.join(REPO, 'tools', 'dataset_converters', name + '.py')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # worker processes unpickle its functions by module name
-    spec.loader.exec_module(module)
-    return module
+    return load_tools_script(f'dataset_converters/{name}.py', register=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ The official key names and shapes are written out here from VM-UNet's and VMamba
 (ANCHORS section 2), independently of mmmv's modules and conversion rules; random tensors fill them.
 """
 import contextlib
-import importlib.util
 import io
 import math
 import os.path as osp
@@ -18,6 +17,7 @@ import torch
 from mmmv.checkpoint.convert import CheckpointMismatchError
 from mmmv.checkpoint.vmunet import convert_vmamba_v0, convert_vss_checkpoint, detect_vss_layout
 from mmmv.models import VSSEncoder
+from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'model_converters', 'vmunet2mmmv.py')
@@ -110,9 +110,7 @@ def run_script(*args):
 
 def run_tool(*args):
     """The converter's main() in this process (a fresh interpreter costs seconds of imports): exit code and output."""
-    spec = importlib.util.spec_from_file_location('vmunet2mmmv', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('model_converters/vmunet2mmmv.py')
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
