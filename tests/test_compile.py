@@ -228,9 +228,9 @@ def test_vss_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
         return u * torch.sigmoid(delta.sum(1)) + (B.sum((1, 2)) * C.sum((1, 2))).unsqueeze(1)
 
     monkeypatch.setattr(vss, 'cross_selective_scan', stand_in)
-    # all four stages: the stride-16 map (4 x 6, 4 x 5, 3 x 6, 3 x 5) is padded to even sizes for the last one
+    # all four stages: the stride-16 map (4 x 6, 3 x 6, 4 x 5, 3 x 5) is padded to even sizes for the last one
     model = VSSEncoder(VSS_ARCH, out_indices=(0, 1, 2, 3), compile=dict(AOT, dynamic=True)).eval()
-    for size in [(64, 96), (64, 80), (48, 96), (48, 80)]:
+    for size in PADDING_SIZES:
         step(model, torch.randn(1, 3, *size), False, probe_loss)
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
 
