@@ -66,6 +66,28 @@ def test_compiles_in_place(name):
     assert compiled.compile_options == AOT
 
 
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_the_switch_says_the_first_call_compiles(name):
+    """Compiling takes minutes on the first iteration with nothing else logged: the run's logger says so once, at
+    build time, naming the backbone and the option; no line when the option is off."""
+    import logging
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_instance(f'compile_switch_{name}')  # the newest instance: print_log's 'current' logger
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        BUILDERS[name]()
+        assert not records
+        BUILDERS[name](compile=dict(dynamic=True))
+    finally:
+        logger.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    assert len(messages) == 1 and messages[0].startswith(f"{name}: compile={{'dynamic': True}}"), messages
+    assert 'first call' in messages[0] and 'docs/compile.md' in messages[0]
+
+
 def test_registry_and_cfg_options_spelling():
     """`--cfg-options model.backbone.compile=True` reaches the backbone as the bool True; a ConfigDict works too."""
     from mmengine.config import ConfigDict

@@ -59,6 +59,11 @@ class StagedBackbone(nn.Module):
         from ..ops.selective_scan.interface import untraced_torch_backend
         untraced_torch_backend()  # built before tracing: the torch scan backend runs eagerly between graphs
         self.compile(**inductor_workarounds(self.compile_options))
+        # the first iteration then sits for minutes with nothing logged: say so once, where the run's log goes
+        from mmengine.logging import print_log
+        print_log(f'{owner}: compile={compile!r}: the backbone is compiled on its first call (the first training '
+                  'iteration, the first validation pass and each recompilation take minutes on a GPU; '
+                  'TORCH_LOGS=recompiles names each recompilation), docs/compile.md', logger='current')
 
     def no_weight_decay(self) -> set:
         """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
