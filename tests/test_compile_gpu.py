@@ -29,11 +29,11 @@ def loss_and_grads(model, images, dtype):
     with torch.autocast('cuda', dtype=dtype, enabled=dtype is not None):
         outputs = model(images)
     # each output against a fixed random map; not the mean square, which the outputs' LayerNorms make constant
-    loss = compile_gradients.probe_loss(outputs)
+    maps = compile_gradients.probes(outputs)
+    loss = compile_gradients.probe_loss(outputs, maps=maps)
     loss.backward()
     # the size of the loss's terms (the loss itself, a sum of signed terms, can be near 0): the loss's tolerance
-    scale = sum((out.detach().double() * probe).abs().mean() for out, probe in
-                zip(outputs, compile_gradients.probes(outputs)))
+    scale = sum((out.detach().double() * probe).abs().mean() for out, probe in zip(outputs, maps))
     return loss.detach(), scale, [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 

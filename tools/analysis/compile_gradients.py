@@ -108,14 +108,15 @@ def probes(outputs, seed: int = 0) -> List[torch.Tensor]:
     return [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device) for out in outputs]
 
 
-def probe_loss(outputs, seed: int = 0) -> torch.Tensor:
-    """Each output's mean against its probe map, summed (float32, float64 for float64 outputs).
+def probe_loss(outputs, seed: int = 0, maps: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    """Each output's mean against its probe map (`maps`, or ``probes(outputs, seed)``), summed (float32, float64 for
+    float64 outputs).
 
     Not the outputs' mean square: the backbones end their outputs in a LayerNorm, whose output's mean square is 1
     whatever the input, so that loss's gradient behind the norms is rounding noise (float64 norms 1e-11..1e-7), and
     comparing it between runs compares noise. A random direction has a gradient everywhere."""
     terms = []
-    for out, probe in zip(outputs, probes(outputs, seed)):
+    for out, probe in zip(outputs, probes(outputs, seed) if maps is None else maps):
         out = out if out.dtype == torch.float64 else out.float()
         terms.append((out * probe.to(out.dtype)).mean())
     return sum(terms)
