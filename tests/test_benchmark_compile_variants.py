@@ -43,6 +43,7 @@ def test_rounds_interleave_variants_that_are_graphs_of_their_own(monkeypatch):
     (['--variants', 'compiled,fast'], "unknown variants ['fast']"),
     (['--arch', 'Q'], "unknown arch 'Q'"),
     (['--rounds', '0'], '--rounds must be at least 1'),
+    (['--variants', 'compiled,reduce-overhead', '--backend', 'aot_eager'], "variants ['reduce-overhead'] set a"),
 ])
 def test_bad_arguments_fail_with_the_choices(argv, words, capsys):
     with pytest.raises(SystemExit):

@@ -17,6 +17,9 @@ Variants (``--variants``, comma-separated; dynamo guards on the functions swappe
     slice-crop         compiled, the crop a slice (one graph per padding case with symbolic sizes)
     flash-attention, efficient-attention, math-attention
                        compiled, only that SDPA backend (math as the fallback where the kernel does not apply)
+    reduce-overhead    compiled with ``mode='reduce-overhead'`` (CUDA graphs: the step's launches replayed without
+                       the host; the compile switch takes it too, ``compile=dict(mode='reduce-overhead')``)
+    max-autotune       compiled with ``mode='max-autotune-no-cudagraphs'`` (inductor tries kernel configurations)
 
     python tools/analysis/benchmark_compile_variants.py --arch T --variants eager,compiled,cudnn-attention --rounds 4
 """
@@ -25,7 +28,7 @@ import os.path as osp
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,15 +57,17 @@ def slice_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[:, :, :height, :width]
 
 
-# name -> (compiled, attention, crop_to)
-VARIANTS: Dict[str, Tuple[bool, Callable, Callable]] = {
-    'eager': (False, *SHIPPED),
-    'compiled': (True, *SHIPPED),
-    'cudnn-attention': (True, torch_choice, SHIPPED[1]),
-    'slice-crop': (True, SHIPPED[0], slice_crop),
-    'flash-attention': (True, only(SDPBackend.FLASH_ATTENTION), SHIPPED[1]),
-    'efficient-attention': (True, only(SDPBackend.EFFICIENT_ATTENTION), SHIPPED[1]),
-    'math-attention': (True, only(SDPBackend.MATH), SHIPPED[1]),
+# name -> (torch.compile's keyword arguments, None: eager; attention; crop_to)
+VARIANTS: Dict[str, Tuple[Optional[dict], Callable, Callable]] = {
+    'eager': (None, *SHIPPED),
+    'compiled': ({}, *SHIPPED),
+    'cudnn-attention': ({}, torch_choice, SHIPPED[1]),
+    'slice-crop': ({}, SHIPPED[0], slice_crop),
+    'flash-attention': ({}, only(SDPBackend.FLASH_ATTENTION), SHIPPED[1]),
+    'efficient-attention': ({}, only(SDPBackend.EFFICIENT_ATTENTION), SHIPPED[1]),
+    'math-attention': ({}, only(SDPBackend.MATH), SHIPPED[1]),
+    'reduce-overhead': (dict(mode='reduce-overhead'), *SHIPPED),
+    'max-autotune': (dict(mode='max-autotune-no-cudagraphs'), *SHIPPED),
 }
 
 
@@ -73,8 +78,18 @@ def use(variant: str) -> None:
 def run(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, variants: List[str], args) -> List[dict]:
     """Compile (first calls of) every variant, then ``args.rounds`` interleaved rounds; one row per variant."""
     autocast = benchmark_official.AUTOCAST[args.dtype]
-    compiled = torch.compile(model, backend=args.backend)
-    timed = {name: compiled if VARIANTS[name][0] else model for name in variants}
+    # one compiled wrapper per set of compile arguments; dynamo keeps each variant's graphs apart by its guards
+    wrappers = {}
+    timed = {}
+    for name in variants:
+        kwargs = VARIANTS[name][0]
+        if kwargs is None:
+            timed[name] = model
+        else:
+            key = tuple(sorted(kwargs.items()))
+            if key not in wrappers:
+                wrappers[key] = torch.compile(model, backend=args.backend, **kwargs)
+            timed[name] = wrappers[key]
     times = {name: [] for name in variants}
     round_medians = {name: [] for name in variants}
     optimizer_fn = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
@@ -129,6 +144,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         parser.error(f'unknown variants {unknown}; choose from {list(VARIANTS)}')
+    with_mode = [v for v in args.variants if (VARIANTS[v][0] or {}).get('mode')]
+    if with_mode and args.backend != 'inductor':
+        parser.error(f'variants {with_mode} set a compile mode, which only the inductor backend takes')
     if args.arch not in benchmark_official.MAMBAVISION_ARCHS:
         parser.error(f'unknown arch {args.arch!r}; choose from {benchmark_official.MAMBAVISION_ARCHS}')
     for name in ('rounds', 'steps', 'batch', 'size'):
