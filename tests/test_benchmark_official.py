@@ -38,6 +38,11 @@ def test_arguments_are_checked():
     assert args.archs == ['T', 'B'] and args.impls == ['mmmv', 'official'] and args.dtypes == ['bfloat16']
     assert not args.gpu_busy  # the profiler would slow every later row (CUPTI stays attached)
     assert benchmark_official.parse_args(['mambavision', '--gpu-busy']).gpu_busy
+    assert benchmark_official.parse_args(['mambavision']).compile_mode is None  # torch.compile's default
+    assert benchmark_official.parse_args(['mambavision', '--compile-mode', 'reduce-overhead']).compile_mode == \
+        'reduce-overhead'
+    with pytest.raises(SystemExit):
+        benchmark_official.parse_args(['mambavision', '--compile-mode', 'fast'])
     args = benchmark_official.parse_args(['vmunet', '--official-vmunet', 'dir'])
     assert args.dtypes == ['float32', 'bfloat16'] and args.works == ['train', 'infer']
     for bad in (['mambavision', '--archs', 'X'], ['mambavision', '--impls', 'mmmv,fast'],

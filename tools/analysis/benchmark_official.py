@@ -10,8 +10,10 @@ Implementations (``--impls``, comma-separated, each timed in turn with memory fr
     mmmv                ``MambaVisionClassifier`` / the VM-UNet of ``benchmark_vmunet.py`` (VSSEncoder + VM-UNet
                         decoder, mmmv's default Triton scan, fused 2D scan)
     mmmv-compiled       the same model under ``torch.compile(model)`` (inductor, default mode); the optimizer
-                        step stays eager. (The config switch ``model.backbone.compile=True`` is timed through
-                        ``tools/train.py`` by ``benchmark_train.py`` instead.)
+                        step stays eager; ``--compile-mode`` gives torch.compile's ``mode`` (e.g.
+                        ``reduce-overhead``: CUDA graphs), noted in the rows. (The config switch
+                        ``model.backbone.compile=True`` is timed through ``tools/train.py`` by
+                        ``benchmark_train.py`` instead.)
 
 Work (``--works``): ``train``: one optimisation step (forward, loss, backward, AdamW step, zero_grad);
 ``infer``: a forward pass without grad in eval mode. Time = CUDA events around each whole call after
@@ -68,6 +70,7 @@ sys.path.insert(0, ROOT)
 AUTOCAST = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': None}
 IMPLS = ('official', 'official-compiled', 'mmmv', 'mmmv-compiled')
 WORKS = ('train', 'infer')
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 MAMBAVISION_ARCHS = ('T', 'T2', 'S', 'B', 'L', 'L2')
 # VM-UNet as its ISIC configs build it (configs/config_setting.py of the original repository)
 VMUNET_KWARGS = dict(num_classes=1, input_channels=3, depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1],
@@ -384,10 +387,12 @@ def run_family(family: str, variants: List[str], args, device: torch.device, sca
                 if compiled:
                     torch._dynamo.reset()
                     breaks_before = graph_breaks()
-                    timed = torch.compile(model)
+                    timed = torch.compile(model, mode=args.compile_mode)
                 try:
                     row.update(time_work(timed, work, images, target, loss_fn, AUTOCAST[dtype], optimizer_fn, args))
                     breaks = f'{graph_breaks() - breaks_before} graph breaks' if compiled else ''
+                    if compiled and args.compile_mode:
+                        breaks += f', mode {args.compile_mode}'
                     row['note'] = '; '.join(filter(None, [note, breaks, busy_note(row)]))
                 except Exception as error:  # noqa: BLE001 - a failing implementation is a result, reported as such
                     message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
@@ -480,6 +485,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="Python's garbage collector off during the timed calls (collected before them)")
         p.add_argument('--gpu-busy', action='store_true',
                        help='note the share of each step the GPU is busy (torch.profiler; slows the rows after it)')
+        p.add_argument('--compile-mode', choices=COMPILE_MODES,
+                       help="torch.compile's mode for the -compiled rows (default: its default); e.g. reduce-overhead "
+                            '(CUDA graphs), which the backbones\' compile switch also takes')
         if family == 'mambavision':
             p.add_argument('--archs', default='T,S,B', help=f'comma-separated, from {MAMBAVISION_ARCHS}')
             p.add_argument('--dtypes', default='bfloat16', help='autocast dtype')
