@@ -39,7 +39,7 @@ class ToyData(torch.utils.data.Dataset):
         return dict(inputs=torch.full((4,), float(index)), labels=torch.tensor([1.0]))
 
 
-def test_hook_times_iterations_after_warmup_and_writes_its_report(tmp_path):
+def test_hook_times_iterations_after_warmup_and_writes_its_report(tmp_path, capsys):
     runner = Runner(
         model=ToyModel(), work_dir=str(tmp_path),
         train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
@@ -53,6 +53,10 @@ def test_hook_times_iterations_after_warmup_and_writes_its_report(tmp_path):
         report = json.load(f)
     assert report['iterations_run'] == 7 and report['world_size'] == 1 and report['warmup'] == 3
     assert report['ranks'][0]['iterations_timed'] == 4 and report['median_iter_s'] > 0
+    # the first iteration (compilation) and the warm-up: their times, and a log line per warm-up iteration
+    assert 0 < report['first_iter_s'] <= report['warmup_s']
+    logged = capsys.readouterr().out
+    assert [f'warm-up iteration {i} of 3' in logged for i in (1, 2, 3, 4)] == [True, True, True, False]
     # one process: mmengine turns SyncBN into BN, and the report says so
     assert report['sync_bn_layers'] == 0
 

@@ -62,6 +62,9 @@ class TrainBenchmarkHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         _synchronize()
         self.times.append(time.perf_counter() - self._start)
+        if len(self.times) <= self.warmup:  # progress while compiling (minutes, before the logger's first line)
+            runner.logger.info(f'TrainBenchmarkHook: warm-up iteration {len(self.times)} of {self.warmup}: '
+                               f'{self.times[-1]:.1f} s')
         if torch.cuda.is_available():
             self.peak_allocated = max(self.peak_allocated, torch.cuda.max_memory_allocated())
             self.peak_reserved = max(self.peak_reserved, torch.cuda.max_memory_reserved())
@@ -78,6 +81,8 @@ class TrainBenchmarkHook(Hook):
             sync_bn_layers=self.sync_bn_layers,
             warmup=self.warmup,
             iterations_run=len(self.times),
+            first_iter_s=self.times[0] if self.times else None,  # with compilation, cudnn autotuning
+            warmup_s=sum(self.times[:self.warmup]),
             median_iter_s=median,
             mean_iter_s=statistics.fmean(timed) if timed else None,
             ranks=per_rank)

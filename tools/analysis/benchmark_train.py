@@ -220,14 +220,16 @@ def main(argv=None) -> None:
 
     batch = cfg.train_dataloader.get('batch_size')
     print(f'\n{name}: {size_text}, {batch} images per GPU, {"AMP" if args.amp else "as configured"}')
-    print(f'| run | GPUs | device | SyncBN layers | iterations (timed) | s / iteration (median) | peak memory per GPU, GiB |')
-    print('|---|---|---|---|---|---|---|')
+    print('| run | GPUs | device | SyncBN layers | iterations (timed) | s / iteration (median) | first iteration s '
+          '| peak memory per GPU, GiB |')
+    print('|---|---|---|---|---|---|---|---|')
     for label, rep in rows:
         memory = ', '.join(f"{r['peak_allocated_gib']:.2f}" for r in rep['ranks'])
         timed = rep['ranks'][0]['iterations_timed']
         median = '-' if rep['median_iter_s'] is None else f"{rep['median_iter_s']:.3f}"
+        first = '-' if rep.get('first_iter_s') is None else f"{rep['first_iter_s']:.1f}"
         print(f"| {label} | {rep['world_size']} | {rep['device']} | {rep['sync_bn_layers']} | "
-              f"{rep['iterations_run']} ({timed}) | {median} | {memory} |")
+              f"{rep['iterations_run']} ({timed}) | {median} | {first} | {memory} |")
 
 
 if __name__ == '__main__':
