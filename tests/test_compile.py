@@ -11,7 +11,9 @@ from torch._dynamo.utils import counters
 
 from mmmv.models import MambaVision, VSSEncoder
 from mmmv.models import vss
-from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, inductor_workarounds
+from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, crop_to, inductor_workarounds
+from mmmv.models.vmunet_decoder import decode, decoder_dims, decoder_stages
+from mmmv.models.vss import FinalPatchExpand4x
 
 AOT = dict(backend='aot_eager')
 MV_ARCH = dict(depths=(1, 1, 2, 1), dim=8, in_dim=8, num_heads=(1, 1, 2, 2), window_size=(2, 2, 2, 1))
@@ -240,21 +242,90 @@ def test_padding_cases_share_one_graph_in_training(triton_on_cpu, probe_loss):
     assert max(errors) <= TOLERANCE[False], max(errors)
 
 
+def vss_scan_stand_in(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, **kwargs):
+    """A traceable stand-in of the fused 2D scan's shapes (the Triton one takes minutes in the interpreter; the torch
+    backend runs eagerly between graphs, whose count then says nothing)."""
+    return u * torch.sigmoid(delta.sum(1)) + (B.sum((1, 2)) * C.sum((1, 2))).unsqueeze(1)
+
+
 def test_vss_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
     """VSSEncoder with dynamic=True: maps that its patch merging pads to even sizes (H, W, both, neither) share one
     training graph. While compiling, pad_to_multiple always pads: its early return when nothing needed padding was a
     guard per case. The model's code around the scan is what is checked: the 2D scan is replaced by a traceable
     stand-in of its shapes (the fused Triton scan takes minutes in the interpreter; the torch backend runs eagerly
     between graphs, whose count then says nothing)."""
-    def stand_in(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, **kwargs):
-        return u * torch.sigmoid(delta.sum(1)) + (B.sum((1, 2)) * C.sum((1, 2))).unsqueeze(1)
-
-    monkeypatch.setattr(vss, 'cross_selective_scan', stand_in)
+    monkeypatch.setattr(vss, 'cross_selective_scan', vss_scan_stand_in)
     # all four stages: the stride-16 map (4 x 6, 3 x 6, 4 x 5, 3 x 5) is padded to even sizes for the last one
     model = VSSEncoder(VSS_ARCH, out_indices=(0, 1, 2, 3), compile=dict(AOT, dynamic=True)).eval()
     for size in PADDING_SIZES:
         step(model, torch.randn(1, 3, *size), False, probe_loss)
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+
+
+class TinyVMUNet(torch.nn.Module):
+    """VSSEncoder + VM-UNet's decoder stages (VMUNetHead's, without mmseg), as tools/analysis/benchmark_vmunet.py
+    builds the whole model, at VSS_ARCH's widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = VSSEncoder(VSS_ARCH, out_type='unet', out_indices=(0, 1, 2, 3), out_norm=None)
+        dims = decoder_dims((8, 16, 32, 64, 64), (1, 1, 1, 1))
+        self.layers_up = decoder_stages(dims, (1, 1, 1, 1), 0.0, 0.0, False)
+        self.final_up = FinalPatchExpand4x(dims[-1])
+
+    def forward(self, x):
+        return (decode(self.layers_up, self.final_up, self.backbone(x)), )
+
+
+def test_whole_vmunet_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
+    """The whole VM-UNet under torch.compile(dynamic=True) (the decoder too, which the switch leaves eager): the
+    decoder crops each upsampled map back to its skip's size where the encoder padded an odd map, by a gather while
+    the sizes are symbolic (`crop_to`): one training graph for sizes with and without odd maps (three for these five
+    with the slice). The 2D scan is a traceable stand-in, as in the test above."""
+    monkeypatch.setattr(vss, 'cross_selective_scan', vss_scan_stand_in)
+    torch.manual_seed(0)
+    eager = TinyVMUNet().eval()
+    compiled = torch.compile(eager, backend='aot_eager', dynamic=True)
+    for size in PADDING_SIZES + [(56, 88)]:  # 56 x 88: odd stride-8 map (7 x 11) as well
+        images = torch.randn(1, 3, *size)
+        outputs, grads = step(compiled, images, False, probe_loss)
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    outputs_e, grads_e = step(eager, images, False, probe_loss)
+    assert outputs[0].shape[-2:] == size
+    # the stand-in scan leaves the scans' own parameters (A, D, ...) without gradients, in both runs alike
+    assert [g is None for g in grads] == [g is None for g in grads_e]
+    pairs = [(a, b) for a, b in zip(outputs + grads, outputs_e + grads_e) if b is not None]
+    assert max(relative_error(a, b) for a, b in pairs) <= 1e-5
+
+
+def traced_ops(fn, *args, dynamic):
+    """The ops of the graph dynamo traces for fn(*args) (not run through AOT autograd)."""
+    ops = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(node.target) for node in gm.graph.nodes if node.op == 'call_function' or
+                   node.op == 'call_method')
+        return gm.forward
+
+    result = torch.compile(fn, backend=backend, dynamic=dynamic)(*args)
+    return ops, result
+
+
+@pytest.mark.parametrize('dynamic,target,expected', [
+    (False, (5, 8), 'narrow'),   # static sizes: the slice, which asks nothing of symbolic sizes
+    (False, (6, 8), None),       # static, nothing to crop: no op at all
+    (True, (5, 7), 'index_select'),  # symbolic sizes not known equal: the gather
+])
+def test_crop_to_slices_static_sizes_and_gathers_symbolic_ones(dynamic, target, expected):
+    x = torch.randn(1, 2, 6, 8)
+
+    def crop(x, like):
+        return crop_to(x, like.shape[2], like.shape[3])
+
+    ops, result = traced_ops(crop, x, torch.empty(1, 1, *target), dynamic=dynamic)
+    assert torch.equal(result, x[:, :, :target[0], :target[1]])
+    crops = [op for op in ops if 'narrow' in op or 'index_select' in op]
+    assert (crops and all(expected in op for op in crops)) if expected else not crops, ops
 
 
 @pytest.mark.parametrize('config', ['configs/demo/vmunet_demo.py', 'configs/demo/mask_rcnn_mambavision_t_demo.py'])

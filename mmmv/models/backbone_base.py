@@ -4,6 +4,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 
 class StagedBackbone(nn.Module):
@@ -68,6 +69,29 @@ class StagedBackbone(nn.Module):
     def no_weight_decay(self) -> set:
         """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
         return no_weight_decay_names(self)
+
+
+def crop_to(x: torch.Tensor, height: int, width: int, dims: Tuple[int, int] = (2, 3)) -> torch.Tensor:
+    """The top-left `height` x `width` of the map whose H and W are `dims` ((2, 3): NCHW; (1, 2): NHWC): a slice (a
+    view) in eager mode and for sizes known while torch.compile or torch.export traces it; for symbolic sizes not
+    known to be equal, gathered into a new tensor.
+
+    A slice's gradient is written through a slice view of a zero map, contiguous or not as the map was padded or not;
+    with symbolic sizes that question is a guard, and each padding case (H, W, both, neither) was another graph
+    (MambaVision's windows, VM-UNet's decoder). The gather's gradient (an index_add into zeros) asks nothing of the
+    sizes. ``statically_known_true`` answers without adding a guard: static sizes (a fixed-size compile) keep the
+    slice, and a crop to the same size is no op at all.
+    """
+    if not torch.compiler.is_compiling():
+        return x.narrow(dims[0], 0, height).narrow(dims[1], 0, width)
+    for dim, size in zip(dims, (height, width)):
+        if statically_known_true(x.shape[dim] == size):
+            continue
+        if statically_known_true(x.shape[dim] != size):
+            x = x.narrow(dim, 0, size)
+        else:
+            x = x.index_select(dim, torch.arange(size, device=x.device))
+    return x
 
 
 def no_weight_decay_names(model: nn.Module) -> set:

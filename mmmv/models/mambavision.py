@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..ops import selective_scan
 from ..ops.selective_scan import scan_backend as use_scan_backend
 from ..ops.selective_scan.interface import check_backend_name
-from .backbone_base import StagedBackbone, normalise_indices
+from .backbone_base import StagedBackbone, crop_to, normalise_indices
 
 # Normalisation constants of the official model.
 STEM_BN_EPS = 1e-4
@@ -278,21 +278,6 @@ def attention_block_indices(depth: int) -> range:
 def round_up(size: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is at least `size` (also for symbolic sizes)."""
     return (size + multiple - 1) // multiple * multiple
-
-
-def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, C, H, W) -> its top-left (B, C, height, width): a slice (a view) in eager mode; while torch.compile or
-    torch.export traces it, gathered into a new tensor.
-
-    A slice's gradient is written through a slice view of a zero map, contiguous or not as the map was padded or not;
-    with symbolic sizes that question is a guard, and each padding case of a stage (H, W, both, neither) was another
-    graph. The gather's gradient (an index_add into zeros) asks nothing of the sizes.
-    """
-    if not torch.compiler.is_compiling():
-        return x[:, :, :height, :width]
-    for dim, size in ((2, height), (3, width)):
-        x = x.index_select(dim, torch.arange(size, device=x.device))
-    return x
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .backbone_base import crop_to
 from .vss import PATCH_SIZE, SS2D_D_STATE, PatchExpand, make_blocks, run_blocks
 
 DECODER_DEPTHS = (2, 2, 2, 1)
@@ -36,8 +37,8 @@ class VSSUpStage(nn.Module):
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         if self.upsample is not None:
             x = self.upsample(x)
-            if size is not None:
-                x = x[:, :size[0], :size[1]]
+            if size is not None:  # (B, H, W, C): back to the skip's size where the encoder padded an odd map
+                x = crop_to(x, size[0], size[1], dims=(1, 2))
         return run_blocks(self.blocks, x, self.with_cp)
 
 

@@ -14,7 +14,8 @@ Variants (``--variants``, comma-separated; dynamo guards on the functions swappe
                        graph, the crop back from the windows a gather (``mmmv.models.mambavision``)
     cudnn-attention    compiled, SDPA left to torch's choice (cuDNN's kernel at MambaVision's window shapes on H100 /
                        H200; wrong bf16 gradients in compiled graphs there, thirteenth session: for timing only)
-    slice-crop         compiled, the crop a slice (one graph per padding case with symbolic sizes)
+    slice-crop         compiled, the crop always a slice (one graph per padding case with symbolic sizes; the
+                       shipped crop slices static sizes too, so at a fixed size this equals ``compiled``)
     flash-attention, efficient-attention, math-attention
                        compiled, only that SDPA backend (math as the fallback where the kernel does not apply)
     reduce-overhead    compiled with ``mode='reduce-overhead'`` (CUDA graphs: the step's launches replayed without
