@@ -328,6 +328,18 @@ def test_crop_to_slices_static_sizes_and_gathers_symbolic_ones(dynamic, target, 
     assert (crops and all(expected in op for op in crops)) if expected else not crops, ops
 
 
+@pytest.mark.parametrize('dynamic,size,expected', [
+    (False, (6, 8), False),  # static sizes that need no padding: no op
+    (False, (5, 8), True),   # static sizes that do
+    (True, (6, 8), True),    # symbolic sizes: always padded (a branch on the amounts would be a guard)
+])
+def test_pad_to_multiple_pads_only_where_sizes_may_need_it(dynamic, size, expected):
+    x = torch.randn(1, 2, *size)
+    ops, result = traced_ops(lambda x: vss.pad_to_multiple(x, 2, channels_last=False), x, dynamic=dynamic)
+    assert torch.equal(result, torch.nn.functional.pad(x, (0, size[1] % 2, 0, size[0] % 2)))
+    assert any('pad' in op for op in ops) == expected, ops
+
+
 @pytest.mark.parametrize('config', ['configs/demo/vmunet_demo.py', 'configs/demo/mask_rcnn_mambavision_t_demo.py'])
 def test_runnerless_tools_switch_compile_off(config, capsys):
     """get_flops, pytorch2onnx and infer read configs through load_tool_config: the backbone runs eagerly there

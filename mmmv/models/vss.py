@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ops import cross_selective_scan
 from ..ops.selective_scan import scan_backend as use_scan_backend
@@ -49,10 +50,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torc
     """Zero-pad the bottom and right of a map so that H and W are multiples of ``multiple`` (a no-op if they are)."""
     height, width = (x.shape[1:3] if channels_last else x.shape[2:4])
     # round_up, not (-size) % multiple: the same numbers, simpler shapes under torch.export with symbolic H, W;
-    # traced (torch.compile, torch.export) it always pads: a branch on the amounts would be a guard, a graph per case
-    # (dynamo answers isinstance(SymInt, int) with True, so the test cannot be on the sizes' type)
+    # traced (torch.compile, torch.export) with symbolic sizes it always pads: a branch on the amounts would be a
+    # guard, a graph per case (dynamo answers isinstance(SymInt, int) with True, so the test cannot be on the sizes'
+    # type); statically_known_true adds no guard, and skips the pad where sizes known while tracing need none
     pad_h, pad_w = round_up(height, multiple) - height, round_up(width, multiple) - width
-    if not torch.compiler.is_compiling() and not (pad_h or pad_w):
+    if torch.compiler.is_compiling():
+        if statically_known_true(pad_h == 0) and statically_known_true(pad_w == 0):
+            return x
+    elif not (pad_h or pad_w):
         return x
     return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
 
