@@ -250,10 +250,9 @@ def vss_scan_stand_in(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus
 
 def test_vss_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
     """VSSEncoder with dynamic=True: maps that its patch merging pads to even sizes (H, W, both, neither) share one
-    training graph. While compiling, pad_to_multiple always pads: its early return when nothing needed padding was a
-    guard per case. The model's code around the scan is what is checked: the 2D scan is replaced by a traceable
-    stand-in of its shapes (the fused Triton scan takes minutes in the interpreter; the torch backend runs eagerly
-    between graphs, whose count then says nothing)."""
+    training graph. While compiling with symbolic sizes, pad_to_multiple always pads: its early return when nothing
+    needed padding was a guard per case. The model's code around the scan is what is checked: the 2D scan is replaced
+    by `vss_scan_stand_in`."""
     monkeypatch.setattr(vss, 'cross_selective_scan', vss_scan_stand_in)
     # all four stages: the stride-16 map (4 x 6, 3 x 6, 4 x 5, 3 x 5) is padded to even sizes for the last one
     model = VSSEncoder(VSS_ARCH, out_indices=(0, 1, 2, 3), compile=dict(AOT, dynamic=True)).eval()
