@@ -11,7 +11,8 @@ Variants (``--variants``, comma-separated; dynamo guards on the functions swappe
 
     eager              the model uncompiled
     compiled           ``torch.compile(model)`` as mmmv ships it: flash / memory-efficient / math attention in the
-                       graph, the crop back from the windows a gather (``mmmv.models.mambavision``)
+                       graph, the crop back from the windows by ``crop_to`` (a slice for sizes known while tracing, a
+                       gather for symbolic ones; ``mmmv.models.backbone_base``)
     cudnn-attention    compiled, SDPA left to torch's choice (cuDNN's kernel at MambaVision's window shapes on H100 /
                        H200; wrong bf16 gradients in compiled graphs there, thirteenth session: for timing only)
     slice-crop         compiled, the crop always a slice (one graph per padding case with symbolic sizes; the
@@ -94,11 +95,11 @@ def run(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, vari
     times = {name: [] for name in variants}
     round_medians = {name: [] for name in variants}
     optimizer_fn = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
+    first = argparse.Namespace(**{**vars(args), 'steps': 1, 'warmup': 1, 'gpu_busy': False})  # the compiling calls
     try:
         for name in variants:  # compiles, outside the timing
             use(name)
             start = time.perf_counter()
-            first = argparse.Namespace(**{**vars(args), 'steps': 1, 'warmup': 1, 'gpu_busy': False})
             benchmark_official.time_work(timed[name], args.work, images, target, F.cross_entropy, autocast,
                                          optimizer_fn, first)
             print(f'{name}: first calls {time.perf_counter() - start:.0f} s', flush=True)
