@@ -11,7 +11,8 @@ from torch._dynamo.utils import counters
 
 from mmmv.models import MambaVision, VSSEncoder
 from mmmv.models import vss
-from mmmv.models.backbone_base import COALESCING_OPTION, COMPILE_KEYS, crop_to, inductor_workarounds
+from mmmv.models.backbone_base import (COALESCING_OPTION, COMPILE_KEYS, MIX_ORDER_OPTION, crop_to,
+                                       inductor_workarounds)
 from mmmv.models.vmunet_decoder import decode, decoder_dims, decoder_stages
 from mmmv.models.vss import FinalPatchExpand4x
 
@@ -130,28 +131,47 @@ OFF = {COALESCING_OPTION: False}
     (dict(dynamic=True, backend='aot_eager'), dict(dynamic=True, backend='aot_eager')),
     (dict(dynamic=True, disable=True), dict(dynamic=True, disable=True)),
 ])
-def test_inductor_workaround_for_symbolic_sizes(kwargs, expected):
+def test_inductor_workaround_for_symbolic_sizes(kwargs, expected, monkeypatch):
     """Inductor's coalescing analysis asserts on symbolic sizes in torch < 2.12 (pytorch#181563; MambaVision-T with
     dynamic=True on torch 2.11): the option turns it off for dynamic graphs, unless the user's options say otherwise
-    or inductor is not the backend."""
+    or inductor is not the backend. (On a torch where mix-order reductions are fixed: 2.13.)"""
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.13.0'))
     assert inductor_workarounds(kwargs) == expected
 
 
-def test_inductor_workaround_keeps_the_mode_as_options():
+@pytest.mark.parametrize('version,dynamic,expected', [
+    ('2.11.0+cu130', True, {COALESCING_OPTION: False, MIX_ORDER_OPTION: False}),
+    ('2.11.0+cu130', None, {COALESCING_OPTION: False, MIX_ORDER_OPTION: False}),
+    ('2.12.0', True, {COALESCING_OPTION: False, MIX_ORDER_OPTION: False}),
+    ('2.12.0', None, {MIX_ORDER_OPTION: False}),
+    ('2.13.0', True, {COALESCING_OPTION: False}),
+    ('2.13.0', None, None),
+    ('2.11.0+cu130', False, None),
+])
+def test_inductor_workarounds_follow_the_torch_version(version, dynamic, expected, monkeypatch):
+    """Mix-order reductions slice their workspace with an unparenthesised symbolic stride on torch < 2.13 (Mask R-CNN
+    with dynamic=True on torch 2.11: RuntimeError in the first backward): off for dynamic=True and automatic dynamic
+    shapes there; the coalescing analysis off with dynamic=True everywhere and automatically on torch < 2.12."""
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion(version))
+    kwargs = {} if dynamic is None else dict(dynamic=dynamic)
+    assert inductor_workarounds(kwargs) == (kwargs if expected is None else dict(kwargs, options=expected))
+
+
+def test_inductor_workaround_leaves_what_the_user_set(monkeypatch):
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.11.0'))
+    result = inductor_workarounds(dict(dynamic=True, options={MIX_ORDER_OPTION: True}))
+    assert result == dict(dynamic=True, options={MIX_ORDER_OPTION: True, COALESCING_OPTION: False})
+
+
+def test_inductor_workaround_keeps_the_mode_as_options(monkeypatch):
     """torch.compile takes a mode or options, not both: a mode becomes the options it stands for, plus the
     workaround, and torch.compile accepts the result."""
     import torch._inductor
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.13.0'))
     result = inductor_workarounds(dict(dynamic=True, mode='max-autotune-no-cudagraphs'))
     assert 'mode' not in result
     assert result['options'] == {**torch._inductor.list_mode_options('max-autotune-no-cudagraphs', True), **OFF}
     torch.compile(torch.nn.Linear(2, 2), **result)  # no "either mode or options" error
-
-
-def test_automatic_dynamic_workaround_follows_the_torch_version(monkeypatch):
-    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.11.0+cu130'))
-    assert inductor_workarounds({}) == dict(options=OFF)
-    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.12.0'))
-    assert inductor_workarounds({}) == {}
 
 
 @pytest.mark.parametrize('name', sorted(BUILDERS))
@@ -159,6 +179,7 @@ def test_backbone_compiles_with_the_workaround(name, monkeypatch):
     """What the backbone hands to nn.Module.compile: the workaround applied; compile_options keeps what the user
     wrote."""
     seen = {}
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion('2.13.0'))
     monkeypatch.setattr(torch.nn.Module, 'compile', lambda self, **kwargs: seen.update(kwargs))
     model = BUILDERS[name](compile=dict(dynamic=True))
     assert seen == dict(dynamic=True, options=OFF) and model.compile_options == dict(dynamic=True)

@@ -117,31 +117,40 @@ def normalise_indices(indices: Union[int, Sequence[int]], num_stages: int, owner
 COMPILE_KEYS = ('backend', 'mode', 'dynamic', 'fullgraph', 'options', 'disable')
 
 
-# torch < 2.12 (pytorch/pytorch#181563, fixed by #181793): inductor's coalescing analysis of tilings asserts on
-# graphs with symbolic sizes (AssertionError in tiling_utils.get_pw_red_splits); MambaVision-T training with
-# dynamic=True hit it on torch 2.11. The analysis does not apply to symbolic sizes (inductor's config says so), so
-# dynamic graphs lose nothing without it.
+# Inductor options turned off for graphs with symbolic sizes, each with the first torch release seen without the
+# failure: (option, fixed in, applies to dynamic=True on every torch version).
+# - torch < 2.12 (pytorch/pytorch#181563, fixed by #181793): the coalescing analysis of tilings asserts on symbolic
+#   sizes (AssertionError in tiling_utils.get_pw_red_splits; MambaVision-T with dynamic=True on torch 2.11). Inductor's
+#   config says the analysis does not apply to symbolic sizes, so dynamic graphs lose nothing without it on any torch.
+# - torch < 2.13: mix-order reductions (the two reductions of a norm's backward in one kernel) slice their workspace
+#   with an unparenthesised symbolic stride in the generated wrapper (``workspace_0[0 * a + b * c : ...]``), so the
+#   final reduction's view fails (RuntimeError: shape '[1568, 320]' is invalid for input of size 1568; Mask R-CNN
+#   MambaVision-T with dynamic=True on torch 2.11, in the first backward). torch 2.13's wrapper parenthesises it.
 COALESCING_OPTION = 'triton.coalesce_tiling_analysis'
+MIX_ORDER_OPTION = 'triton.mix_order_reduction'
+SYMBOLIC_SIZE_WORKAROUNDS = ((COALESCING_OPTION, '2.12', True), (MIX_ORDER_OPTION, '2.13', False))
 
 
 def inductor_workarounds(kwargs: dict) -> dict:
-    """`kwargs` for ``nn.Module.compile`` with inductor's coalescing analysis off where it can fail: always with
-    ``dynamic=True``, and with automatic dynamic shapes (``dynamic`` unset) on torch < 2.12. Left alone for other
-    backends, ``dynamic=False``, ``disable=True``, or when the options set it. A ``mode`` becomes its options
-    (torch.compile takes one of the two)."""
+    """`kwargs` for ``nn.Module.compile`` with the inductor options of ``SYMBOLIC_SIZE_WORKAROUNDS`` off where they
+    can fail: with ``dynamic=True`` on the torch versions listed (the coalescing analysis on all), and with
+    automatic dynamic shapes (``dynamic`` unset) on the versions listed. Left alone for other backends,
+    ``dynamic=False``, ``disable=True``, options the user set, and options this inductor does not have. A ``mode``
+    becomes its options (torch.compile takes one of the two)."""
     dynamic = kwargs.get('dynamic')
     if kwargs.get('backend', 'inductor') != 'inductor' or kwargs.get('disable') or dynamic is False:
-        return kwargs
-    if dynamic is None and torch.__version__ >= '2.12':
         return kwargs
     import torch._inductor.config as inductor_config
     from torch._inductor import list_mode_options
     options = dict(kwargs.get('options') or {})
-    if COALESCING_OPTION in options or not hasattr(inductor_config.triton, COALESCING_OPTION.split('.')[1]):
+    off = [key for key, fixed_in, always_when_dynamic in SYMBOLIC_SIZE_WORKAROUNDS
+           if key not in options and hasattr(inductor_config.triton, key.split('.')[1])
+           and (torch.__version__ < fixed_in or (dynamic is True and always_when_dynamic))]
+    if not off:
         return kwargs
     if kwargs.get('mode') is not None:
         options = {**list_mode_options(kwargs['mode'], dynamic), **options}
-    options[COALESCING_OPTION] = False
+    options.update(dict.fromkeys(off, False))
     return {**{k: v for k, v in kwargs.items() if k != 'mode'}, 'options': options}
 
 
