@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 # Tokens advanced per scan step; chosen by measuring onnxruntime on CPU (docs/deployment.md).
 TOKENS_PER_STEP = 8
@@ -116,7 +117,7 @@ def selective_scan_export(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     inputs = [dt.permute(2, 0, 1), (dt * u_c).permute(2, 0, 1), _time_major_groups(B, dtype),
               _time_major_groups(C, dtype)]
     h0 = u_c.new_zeros(batch, dim, A.shape[1])
-    if isinstance(length, int) and length == 0:  # the operator needs a step (a symbolic length is at least 2)
+    if statically_known_true(length == 0):  # the operator needs a step; a symbolic length is taken as >= 2, unguarded
         last_state, y = h0, u_c.new_zeros(u.shape)
     else:
         # A is passed, not closed over: the operator's steps may only read their arguments
