@@ -13,8 +13,7 @@ from mmmv.models import MambaVision, VSSEncoder
 from mmmv.models import vss
 from mmmv.models.backbone_base import (COALESCING_OPTION, COMPILE_KEYS, MIX_ORDER_OPTION, crop_to,
                                        inductor_workarounds)
-from mmmv.models.vmunet_decoder import decode, decoder_dims, decoder_stages
-from mmmv.models.vss import FinalPatchExpand4x
+from tool_loading import load_tool
 
 AOT = dict(backend='aot_eager')
 MV_ARCH = dict(depths=(1, 1, 2, 1), dim=8, in_dim=8, num_heads=(1, 1, 2, 2), window_size=(2, 2, 2, 1))
@@ -282,19 +281,11 @@ def test_vss_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
 
 
-class TinyVMUNet(torch.nn.Module):
-    """VSSEncoder + VM-UNet's decoder stages (VMUNetHead's, without mmseg), as tools/analysis/benchmark_vmunet.py
-    builds the whole model, at VSS_ARCH's widths."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = VSSEncoder(VSS_ARCH, out_type='unet', out_indices=(0, 1, 2, 3), out_norm=None)
-        dims = decoder_dims((8, 16, 32, 64, 64), (1, 1, 1, 1))
-        self.layers_up = decoder_stages(dims, (1, 1, 1, 1), 0.0, 0.0, False)
-        self.final_up = FinalPatchExpand4x(dims[-1])
-
-    def forward(self, x):
-        return (decode(self.layers_up, self.final_up, self.backbone(x)), )
+def tiny_vmunet() -> torch.nn.Module:
+    """VSSEncoder + VM-UNet's decoder stages (VMUNetHead's, without mmseg) + the classifier, as
+    tools/analysis/benchmark_vmunet.py builds the whole model, at VSS_ARCH's widths."""
+    return load_tool('analysis/benchmark_vmunet.py').VMUNet(arch=VSS_ARCH, decoder_depths=(1, 1, 1, 1),
+                                                             drop_path_rate=0.0)
 
 
 def test_whole_vmunet_padding_cases_share_one_graph_in_training(monkeypatch, probe_loss):
@@ -304,7 +295,7 @@ def test_whole_vmunet_padding_cases_share_one_graph_in_training(monkeypatch, pro
     with the slice). The 2D scan is a traceable stand-in, as in the test above."""
     monkeypatch.setattr(vss, 'cross_selective_scan', vss_scan_stand_in)
     torch.manual_seed(0)
-    eager = TinyVMUNet().eval()
+    eager = tiny_vmunet().eval()
     compiled = torch.compile(eager, backend='aot_eager', dynamic=True)
     for size in PADDING_SIZES + [(56, 88)]:  # 56 x 88: odd stride-8 map (7 x 11) as well
         images = torch.randn(1, 3, *size)

@@ -40,13 +40,16 @@ MODES = ('fused', 'gathers', 'permutes', 'permutes+mamba', 'torch')
 
 
 class VMUNet(nn.Module):
-    """VM-UNet as plain torch: VSSEncoder + the decoder stages of VMUNetHead + a 1x1 classifier (no mmseg)."""
+    """VM-UNet as plain torch: VSSEncoder + the decoder stages of VMUNetHead + a 1x1 classifier (no mmseg). `arch`
+    (an arch name or dict) and `decoder_depths` default to VM-UNet's ('vmunet', DECODER_DEPTHS); tests build it
+    small."""
 
-    def __init__(self, num_classes: int = 1):
+    def __init__(self, num_classes: int = 1, arch='vmunet', decoder_depths=DECODER_DEPTHS,
+                 drop_path_rate: float = 0.2):
         super().__init__()
-        self.backbone = VSSEncoder('vmunet', out_type='unet', out_indices=(0, 1, 2, 3), out_norm=None)
-        dims = decoder_dims((96, 192, 384, 768, 768), DECODER_DEPTHS)
-        self.layers_up = decoder_stages(dims, DECODER_DEPTHS, 0.2, 0.0, False)
+        self.backbone = VSSEncoder(arch, out_type='unet', out_indices=(0, 1, 2, 3), out_norm=None)
+        dims = decoder_dims(self.backbone.out_channels, decoder_depths)
+        self.layers_up = decoder_stages(dims, decoder_depths, drop_path_rate, 0.0, False)
         self.final_up = FinalPatchExpand4x(dims[-1])
         self.conv_seg = nn.Conv2d(dims[-1] // 4, num_classes, 1)
 
