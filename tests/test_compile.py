@@ -5,6 +5,8 @@ errors for bad values, and the Runner-less tools that switch it off.
 CPU runs use torch.compile's ``aot_eager`` backend: it traces exactly what inductor traces (dynamo's graphs, the guards
 that decide recompilation, the scan ops' fake implementations, AOT autograd's backward) but runs the traced aten ops
 instead of generating C++, which takes minutes per model on 2 cores. Inductor runs in tests/test_compile_gpu.py."""
+import contextlib
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -68,26 +70,46 @@ def test_compiles_in_place(name):
     assert compiled.compile_options == AOT
 
 
+@contextlib.contextmanager
+def logged(name: str):
+    """The messages print_log(..., logger='current') writes meanwhile: those of a new MMLogger instance `name` (the
+    newest instance is the 'current' one)."""
+    import logging
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_instance(name)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize('name', sorted(BUILDERS))
 def test_the_switch_says_the_first_call_compiles(name):
     """Compiling takes minutes on the first iteration with nothing else logged: the run's logger says so once, at
     build time, naming the backbone and the option; no line when the option is off."""
-    import logging
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_instance(f'compile_switch_{name}')  # the newest instance: print_log's 'current' logger
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with logged(f'compile_switch_{name}') as messages:
         BUILDERS[name]()
-        assert not records
+        assert not messages
         BUILDERS[name](compile=dict(dynamic=True))
-    finally:
-        logger.removeHandler(handler)
-    messages = [record.getMessage() for record in records]
     assert len(messages) == 1 and messages[0].startswith(f"{name}: compile={{'dynamic': True}}"), messages
     assert 'first call' in messages[0] and 'docs/compile.md' in messages[0]
+
+
+@pytest.mark.parametrize('version,named', [('2.11.0+cu130', [COALESCING_OPTION, MIX_ORDER_OPTION]),
+                                           ('2.13.0', [COALESCING_OPTION])])
+def test_the_switch_log_names_the_options_turned_off(version, named, monkeypatch):
+    """The build-time line names the inductor options the workarounds turned off on this torch (not those the user
+    set), so that a run's log says what the switch changed."""
+    monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion(version))
+    monkeypatch.setattr(torch.nn.Module, 'compile', lambda self, **kwargs: None)
+    with logged(f'compile_switch_options_{version}') as messages:
+        BUILDERS['MambaVision'](compile=dict(dynamic=True))
+    message = messages[0]
+    assert f'off for symbolic sizes on this torch: {", ".join(named)})' in message, message
 
 
 def test_registry_and_cfg_options_spelling():

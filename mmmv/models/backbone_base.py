@@ -59,12 +59,18 @@ class StagedBackbone(nn.Module):
             return
         from ..ops.selective_scan.interface import untraced_torch_backend
         untraced_torch_backend()  # built before tracing: the torch scan backend runs eagerly between graphs
-        self.compile(**inductor_workarounds(self.compile_options))
-        # the first iteration then sits for minutes with nothing logged: say so once, where the run's log goes
+        kwargs = inductor_workarounds(self.compile_options)
+        self.compile(**kwargs)
+        # the first iteration then sits for minutes with nothing logged: say so once, where the run's log goes, with
+        # the inductor options the workarounds turned off
+        off = [key for key, _, _ in SYMBOLIC_SIZE_WORKAROUNDS
+               if (kwargs.get('options') or {}).get(key) is False
+               and key not in (self.compile_options.get('options') or {})]
+        workarounds = f'; off for symbolic sizes on this torch: {", ".join(off)}' if off else ''
         from mmengine.logging import print_log
         print_log(f'{owner}: compile={compile!r}: the backbone is compiled on its first call (the first training '
                   'iteration, the first validation pass and each recompilation take minutes on a GPU; '
-                  'TORCH_LOGS=recompiles names each recompilation), docs/compile.md', logger='current')
+                  f'TORCH_LOGS=recompiles names each recompilation{workarounds}), docs/compile.md', logger='current')
 
     def no_weight_decay(self) -> set:
         """Names of the parameters marked ``_no_weight_decay`` (the scans' A and D)."""
