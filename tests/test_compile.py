@@ -99,15 +99,18 @@ def test_the_switch_says_the_first_call_compiles(name):
     assert 'first call' in messages[0] and 'docs/compile.md' in messages[0]
 
 
-@pytest.mark.parametrize('version,named', [('2.11.0+cu130', [COALESCING_OPTION, MIX_ORDER_OPTION]),
-                                           ('2.13.0', [COALESCING_OPTION])])
-def test_the_switch_log_names_the_options_turned_off(version, named, monkeypatch):
+@pytest.mark.parametrize('version,options,named', [
+    ('2.11.0+cu130', {}, [COALESCING_OPTION, MIX_ORDER_OPTION]),
+    ('2.11.0+cu130', {MIX_ORDER_OPTION: False}, [COALESCING_OPTION]),
+    ('2.13.0', {}, [COALESCING_OPTION]),
+])
+def test_the_switch_log_names_the_options_turned_off(version, options, named, monkeypatch):
     """The build-time line names the inductor options the workarounds turned off on this torch (not those the user
     set), so that a run's log says what the switch changed."""
     monkeypatch.setattr(torch, '__version__', torch.torch_version.TorchVersion(version))
     monkeypatch.setattr(torch.nn.Module, 'compile', lambda self, **kwargs: None)
-    with logged(f'compile_switch_options_{version}') as messages:
-        BUILDERS['MambaVision'](compile=dict(dynamic=True))
+    with logged(f'compile_switch_options_{version}_{len(options)}') as messages:
+        BUILDERS['MambaVision'](compile=dict(dynamic=True, options=options))
     message = messages[0]
     assert f'off for symbolic sizes on this torch: {", ".join(named)})' in message, message
 
