@@ -59,13 +59,10 @@ class StagedBackbone(nn.Module):
             return
         from ..ops.selective_scan.interface import untraced_torch_backend
         untraced_torch_backend()  # built before tracing: the torch scan backend runs eagerly between graphs
-        kwargs = inductor_workarounds(self.compile_options)
-        self.compile(**kwargs)
+        self.compile(**inductor_workarounds(self.compile_options))
         # the first iteration then sits for minutes with nothing logged: say so once, where the run's log goes, with
         # the inductor options the workarounds turned off
-        off = [key for key, _, _ in SYMBOLIC_SIZE_WORKAROUNDS
-               if (kwargs.get('options') or {}).get(key) is False
-               and key not in (self.compile_options.get('options') or {})]
+        off = workaround_options(self.compile_options)
         workarounds = f'; off for symbolic sizes on this torch: {", ".join(off)}' if off else ''
         from mmengine.logging import print_log
         print_log(f'{owner}: compile={compile!r}: the backbone is compiled on its first call (the first training '
@@ -137,25 +134,31 @@ MIX_ORDER_OPTION = 'triton.mix_order_reduction'
 SYMBOLIC_SIZE_WORKAROUNDS = ((COALESCING_OPTION, '2.12', True), (MIX_ORDER_OPTION, '2.13', False))
 
 
-def inductor_workarounds(kwargs: dict) -> dict:
-    """`kwargs` for ``nn.Module.compile`` with the inductor options of ``SYMBOLIC_SIZE_WORKAROUNDS`` off where they
-    can fail: with ``dynamic=True`` on the torch versions listed (the coalescing analysis on all), and with
-    automatic dynamic shapes (``dynamic`` unset) on the versions listed. Left alone for other backends,
-    ``dynamic=False``, ``disable=True``, options the user set, and options this inductor does not have. A ``mode``
-    becomes its options (torch.compile takes one of the two)."""
+def workaround_options(kwargs: dict) -> List[str]:
+    """The inductor options of ``SYMBOLIC_SIZE_WORKAROUNDS`` to turn off for torch.compile keyword arguments `kwargs`:
+    with ``dynamic=True`` those of the torch versions listed (the coalescing analysis on all), with automatic dynamic
+    shapes (``dynamic`` unset) those of the versions listed. None for other backends, ``dynamic=False`` or
+    ``disable=True``; never an option the user set or one this inductor does not have."""
     dynamic = kwargs.get('dynamic')
     if kwargs.get('backend', 'inductor') != 'inductor' or kwargs.get('disable') or dynamic is False:
-        return kwargs
+        return []
     import torch._inductor.config as inductor_config
-    from torch._inductor import list_mode_options
-    options = dict(kwargs.get('options') or {})
-    off = [key for key, fixed_in, always_when_dynamic in SYMBOLIC_SIZE_WORKAROUNDS
-           if key not in options and hasattr(inductor_config.triton, key.split('.')[1])
-           and (torch.__version__ < fixed_in or (dynamic is True and always_when_dynamic))]
+    options = kwargs.get('options') or {}
+    return [key for key, fixed_in, always_when_dynamic in SYMBOLIC_SIZE_WORKAROUNDS
+            if key not in options and hasattr(inductor_config.triton, key.split('.')[1])
+            and (torch.__version__ < fixed_in or (dynamic is True and always_when_dynamic))]
+
+
+def inductor_workarounds(kwargs: dict) -> dict:
+    """`kwargs` for ``nn.Module.compile`` with the options of `workaround_options` off; `kwargs` itself when there
+    are none. A ``mode`` becomes its options (torch.compile takes one of the two)."""
+    off = workaround_options(kwargs)
     if not off:
         return kwargs
+    from torch._inductor import list_mode_options
+    options = dict(kwargs.get('options') or {})
     if kwargs.get('mode') is not None:
-        options = {**list_mode_options(kwargs['mode'], dynamic), **options}
+        options = {**list_mode_options(kwargs['mode'], kwargs.get('dynamic')), **options}
     options.update(dict.fromkeys(off, False))
     return {**{k: v for k, v in kwargs.items() if k != 'mode'}, 'options': options}
 
