@@ -621,11 +621,16 @@ def _cross_backward_in_steps(dout, u, delta, A, B, C, D, delta_bias, states, del
     float32 so that du's four shares are summed in float32 as in place), and each gradient one gather back into
     the buffer the in-place backward would have returned (its shapes and strides: the fake implementation under
     torch.compile describes that one). The forward's chunk states serve as they are (chunks of scan steps, channels
-    ordered by direction)."""
-    from ..cross_scan import _gather_tokens, direction_indices
+    ordered by direction).
+
+    The token orders are made here on each call, not taken from `direction_indices`' cache: under CUDA graphs
+    (``torch.compile(mode='reduce-overhead')``) a tensor this opaque op caches would be allocated in the graph's
+    private pool and outlive the call (torch refused VM-UNet's bf16 step: "8 tensor(s) in the cudagraph pool not
+    tracked as outputs"), and one the cache later dropped would leave a captured kernel reading freed memory."""
+    from ..cross_scan import _gather_tokens, _token_orders
 
     batch, inner, length = u.shape
-    order, inverse = direction_indices(height, length // height, u.device)
+    order, inverse = _token_orders(height, length // height, u.device)
 
     def shared(x):  # u, dout: one (batch, Di, L) tensor read by every direction -> (batch, 4 * Di, L) float32
         return _gather_tokens(x.to(torch.float32).unsqueeze(1).expand(batch, DIRECTIONS, inner, length),
