@@ -145,3 +145,40 @@ def test_run_tool_destroys_the_process_group_it_leaves(tmp_path, ending):
     else:
         assert run_tool(main) == 0
     assert not dist.is_initialized()
+
+
+TOOL_SCRIPT = '''
+import atexit, logging
+import torch.distributed as dist
+from mmmv.engine.toolbox import exit_tool
+
+
+def main():
+    if {distributed}:
+        dist.init_process_group('gloo', init_method={store!r}, rank=0, world_size=1)
+    atexit.register(lambda: print('teardown ran', flush=True))
+    logger = logging.getLogger('tool')
+    logger.addHandler(logging.FileHandler({log!r}))
+    logger.warning('logged')
+    print('printed', end='')  # no newline: stdout to a pipe is block-buffered
+    return 3
+
+
+exit_tool(main)
+'''
+
+
+@pytest.mark.parametrize('distributed', [True, False], ids=['process-group', 'single-process'])
+def test_exit_tool_skips_the_teardown_after_a_distributed_run(tmp_path, distributed):
+    """After a run that left a process group, the tools end without the interpreter's teardown (where gloo's threads
+    aborted finished two-process runs), keeping `main`'s status and what it printed and logged; otherwise they exit
+    as ``sys.exit`` does, teardown included."""
+    script = tmp_path / 'tool.py'
+    script.write_text(TOOL_SCRIPT.format(distributed=distributed, store=f'file://{tmp_path / "store"}',
+                                         log=str(tmp_path / 'log.txt')))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stdout.startswith('printed')
+    assert ('teardown ran' in proc.stdout) is not distributed
+    assert (tmp_path / 'log.txt').read_text() == 'logged\n'

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
-from mmmv.engine.toolbox import SetupError, run_tool  # noqa: E402
+from mmmv.engine.toolbox import SetupError, exit_tool  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 KEPT_EXTENSIONS = ('.jpg', '.png')  # an image's picture keeps these extensions; any other becomes .png
@@ -232,4 +232,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(run_tool(main))
+    exit_tool(main)

@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')))
 
 from mmmv.engine.cli import build_runner, parse_train_args  # noqa: E402
-from mmmv.engine.toolbox import run_tool  # noqa: E402
+from mmmv.engine.toolbox import exit_tool  # noqa: E402
 
 
 def main():
@@ -22,4 +22,4 @@ def main():
 
 
 if __name__ == '__main__':
-    sys.exit(run_tool(main))
+    exit_tool(main)

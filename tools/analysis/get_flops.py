@@ -146,4 +146,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(toolbox.run_tool(main))
+    toolbox.exit_tool(main)
